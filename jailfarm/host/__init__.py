@@ -1,0 +1,1 @@
+"""Host platforms: ZFS and jail operations for FreeBSD and for the Linux development host."""

@@ -1,0 +1,113 @@
+"""What a host platform offers the core: jail specs, jail info and the `Jails` protocol (pure).
+
+The orchestration core never asks which OS it is on. It describes a jail with a `JailSpec`
+and hands it to the platform's `Jails` implementation (FreeBSD jail(8), or Linux namespaces
+on the development host). Features one platform lacks are named in `capabilities`, never faked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from jailfarm.cmd import Cmd, Result
+from jailfarm.names import HOSTNAME, JAIL
+
+# Capability names a platform may report.
+CAP_ZFS_JAILED = "zfs.jailed"  # the `jailed` property and `zfs jail` delegation
+CAP_RCTL = "rctl"  # per-jail resource limits
+CAP_VNET = "vnet"  # a private network stack per jail
+CAP_NESTED = "nested"  # a jail can create child jails (poudriere's build jails)
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A directory of the host shown inside the jail (nullfs on FreeBSD, bind on Linux)."""
+
+    host_path: str
+    jail_path: str
+    read_only: bool = True
+
+
+Profile = Literal["worker", "service"]
+
+
+@dataclass(frozen=True)
+class JailSpec:
+    """Everything needed to start one jail.
+
+    `profile="worker"` is the poudriere-capable profile (child jails, mounts inside the jail);
+    `"service"` is the restricted profile for the master and nginx jails. `children_max` is the
+    number of child jails the worker may create; poudriere needs 2 x (builders + 1) per build.
+    Empty `ip4` means the jail shares the host's addresses (FreeBSD `ip4=inherit`).
+    """
+
+    name: str
+    path: str
+    hostname: str
+    profile: Profile = "service"
+    children_max: int = 0
+    ip4: tuple[str, ...] = ()
+    ip6: tuple[str, ...] = ()
+    private_network: bool = False
+    mounts: tuple[Mount, ...] = ()
+    delegated_datasets: tuple[str, ...] = ()
+    devfs_ruleset: int = 4
+    rctl: tuple[str, ...] = ()  # "resource:action=amount", e.g. "vmemoryuse:deny=8g"
+    stop_timeout: int = 30
+
+    def __post_init__(self) -> None:
+        JAIL.check(self.name)
+        HOSTNAME.check(self.hostname)
+        if not self.path.startswith("/"):
+            raise ValueError(f"jail {self.name}: path {self.path!r} must be absolute")
+        if self.children_max < 0:
+            raise ValueError(f"jail {self.name}: children_max must be >= 0")
+        if self.profile == "service" and self.children_max:
+            raise ValueError(f"jail {self.name}: a service jail may not have child jails")
+
+
+@dataclass(frozen=True)
+class JailInfo:
+    """A running jail as the platform reports it. `jid` is the FreeBSD JID, or on Linux the
+    host PID of the jail's init process."""
+
+    name: str
+    jid: int
+    path: str
+    hostname: str
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+class Jails(Protocol):
+    """Jail operations of one host platform. All methods may raise `JailError` or
+    `CommandFailed`; `remove` is idempotent and verifies the jail is gone."""
+
+    capabilities: frozenset[str]
+
+    async def start(self, spec: JailSpec) -> JailInfo: ...
+
+    def exec_cmd(
+        self,
+        name: str,
+        argv: Sequence[str],
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: bytes | None = None,
+    ) -> Cmd: ...
+
+    async def exec(
+        self,
+        name: str,
+        argv: Sequence[str],
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        stdin: bytes | None = None,
+    ) -> Result: ...
+
+    async def remove(self, name: str, timeout: float | None = None) -> None: ...
+
+    async def list(self) -> list[JailInfo]: ...

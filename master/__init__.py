@@ -1,0 +1,1 @@
+"""jailfarm.master: Buildbot wiring built from farm.toml, custom steps, schedulers, the planner."""

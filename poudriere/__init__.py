@@ -1,0 +1,1 @@
+"""jailfarm.poudriere: poudriere commands and configs, status parsing, the dev-host bulk builder, pkg repositories."""

@@ -1,0 +1,1 @@
+"""jailfarm.provision: host plan/apply from farm.toml, and preflight (`jailfarm doctor`)."""

@@ -1,0 +1,94 @@
+"""A per-test file-backed zfs-fuse pool and the real host objects on it (test helper)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Coroutine
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from jailfarm.host import zfsfuse
+from jailfarm.host.linux import LinuxJails
+from jailfarm.host.thinroot import populate
+from jailfarm.host.zfs import Zfs
+from jailfarm.runner import LocalRunner
+
+
+def deferred_test(
+    fn: Callable[..., Coroutine[Any, Any, None]],
+) -> Callable[..., defer.Deferred[None]]:
+    """Let trial run an `async def` test method."""
+
+    @wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> defer.Deferred[None]:
+        return defer.ensureDeferred(fn(*args, **kwargs))
+
+    return run
+
+
+def ns_members(inode: int) -> list[int]:
+    """Live host PIDs whose pid namespace is `inode` (checked directly in /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/pid").st_ino == inode:
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+def mounts_below(path: str) -> list[str]:
+    """Mount points at or below `path` in this (the host's) mount namespace."""
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return [p for p in points if p == path or p.startswith(path + "/")]
+
+
+class PoolTestCase(unittest.TestCase):
+    """Each test gets pool `jft<hex>` on a sparse file, a template dataset with a thin root
+    snapshotted as `@1`, and LinuxJails with a private state dir. Everything is destroyed
+    afterwards even when the test fails."""
+
+    timeout = 120
+
+    @deferred_test
+    async def setUp(self) -> None:
+        self.runner = LocalRunner()
+        self.tag = secrets.token_hex(3)
+        self.pool = f"jft{self.tag}"
+        self.work = Path(tempfile.mkdtemp(prefix=f"jft{self.tag}-"))
+        self.mountpoint = f"/tmp/jft{self.tag}-mnt"
+        self.image = self.work / "pool.img"
+        await zfsfuse.ensure_pool(self.runner, self.pool, self.image, 512 << 20, self.mountpoint)
+        self.root = f"{self.pool}/farm"
+        self.zfs = Zfs(self.runner, self.root)
+        await self.zfs.create(self.root)
+        await self.zfs.create(f"{self.root}/tpl")
+        populate(Path(self.mountpoint) / "farm" / "tpl")
+        await self.zfs.snapshot(f"{self.root}/tpl@1")
+        self.jails = LinuxJails(self.runner, str(self.work / "jails"))
+
+    @deferred_test
+    async def tearDown(self) -> None:
+        for info in await self.jails.list():
+            await self.jails.remove(info.name, timeout=1)
+        await zfsfuse.destroy_pool(self.runner, self.pool, self.image)
+        shutil.rmtree(self.work, ignore_errors=True)
+        shutil.rmtree(self.mountpoint, ignore_errors=True)
+
+    async def clone(self, name: str, **props: str) -> str:
+        target = f"{self.root}/{name}"
+        await self.zfs.clone(f"{self.root}/tpl@1", target,
+                             {"jailfarm:owner": "test", **props})
+        return f"{self.mountpoint}/farm/{name}"
+
+

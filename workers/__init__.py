@@ -1,0 +1,1 @@
+"""jailfarm.workers: the jail latent worker, worker templates, leases and the reaper."""
