@@ -6,11 +6,14 @@ and handed to a `Runner` (see runner.py). Secrets inside an argv or env print as
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from jailfarm.errors import CommandFailed
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 
 class Secret(str):

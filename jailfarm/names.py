@@ -64,15 +64,21 @@ SNAPSHOT_TAG = NameRule(
 # poudriere joins jail, tree and set with '-' into MASTERNAME and uses '.' elsewhere, so
 # neither may appear in these names (poudriere spec 4.1).
 POUDRIERE_JAIL = NameRule(
-    "poudriere jail", re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*"), 32,
+    "poudriere jail",
+    re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*"),
+    32,
     "letters, digits and '_' only (no '-' or '.': poudriere joins names with them)",
 )
 TREE = NameRule(
-    "ports tree", re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*"), 32,
+    "ports tree",
+    re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*"),
+    32,
     "letters, digits and '_' only (no '-' or '.': poudriere joins names with them)",
 )
 SET = NameRule(
-    "set", re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*"), 32,
+    "set",
+    re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*"),
+    32,
     "letters, digits and '_' only (no '-' or '.': poudriere joins names with them)",
 )
 ORIGIN = NameRule(
@@ -126,5 +132,7 @@ def require_under(root: str, dataset: str) -> str:
     base = dataset.partition("@")[0]
     DATASET.check(base)
     if not base.startswith(root + "/"):
-        raise UnsafeOperation(f"refusing to touch {dataset!r}: it is not below the farm root {root!r}")
+        raise UnsafeOperation(
+            f"refusing to touch {dataset!r}: it is not below the farm root {root!r}"
+        )
     return dataset

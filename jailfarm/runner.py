@@ -11,16 +11,19 @@ and every failure once at warning.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from buildbot.util.runprocess import RunProcess
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from jailfarm.cmd import Cmd, Result, Secret
-from jailfarm.names import HOSTNAME, USER, InvalidName
+from jailfarm.errors import InvalidName
+from jailfarm.names import HOSTNAME, USER
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 # The base environment every local command starts from; a Cmd's env adds to it. The master's
 # own environment (tokens, agent sockets) is deliberately not inherited.
@@ -84,7 +87,10 @@ class LocalRunner:
         if not result.ok:
             self.log.warn(
                 "command failed rc={rc} timed_out={t}: {cmd}: {err}",
-                rc=result.rc, t=result.timed_out, cmd=str(cmd), err=result.err[-500:],
+                rc=result.rc,
+                t=result.timed_out,
+                cmd=str(cmd),
+                err=result.err[-500:],
             )
         return result
 

@@ -7,12 +7,15 @@ on the development host). Features one platform lacks are named in `capabilities
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from jailfarm.cmd import Cmd, Result
 from jailfarm.names import HOSTNAME, JAIL
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from jailfarm.cmd import Cmd, Result
 
 # Capability names a platform may report.
 CAP_ZFS_JAILED = "zfs.jailed"  # the `jailed` property and `zfs jail` delegation

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
@@ -23,7 +23,11 @@ from jailfarm.cmd import Cmd, Result
 from jailfarm.errors import JailError, ParseError
 from jailfarm.host.base import CAP_NESTED, JailInfo, JailSpec
 from jailfarm.names import JAIL, USER
-from jailfarm.runner import Runner
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from jailfarm.runner import Runner
 
 SYSTEM_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/sbin", "/etc/alternatives")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -63,13 +67,24 @@ class LinuxJails:
         self.start_timeout = start_timeout
 
     def _tool(self, *args: str, timeout: float | None = None, stdin: bytes | None = None) -> Cmd:
-        return Cmd((self.python, "-m", "jailfarm.host.nsjail", *args), stdin=stdin,
-                   timeout=timeout)
+        return Cmd((self.python, "-m", "jailfarm.host.nsjail", *args), stdin=stdin, timeout=timeout)
 
     def start_cmd(self, spec: JailSpec) -> Cmd:
-        args = ["start", "--name", spec.name, "--root", spec.path, "--hostname", spec.hostname,
-                "--state-dir", self.state_dir, "--timeout", str(self.start_timeout),
-                "--grace", str(spec.stop_timeout)]
+        args = [
+            "start",
+            "--name",
+            spec.name,
+            "--root",
+            spec.path,
+            "--hostname",
+            spec.hostname,
+            "--state-dir",
+            self.state_dir,
+            "--timeout",
+            str(self.start_timeout),
+            "--grace",
+            str(spec.stop_timeout),
+        ]
         for d in self.system_dirs:
             args += ["--system-dir", d]
         for d in self.extra_ro:
@@ -83,11 +98,18 @@ class LinuxJails:
         return self._tool(*args, timeout=self.start_timeout + 5)
 
     async def start(self, spec: JailSpec) -> JailInfo:
-        for what, present in (("rctl limits", spec.rctl), ("zfs jail delegation",
-                              spec.delegated_datasets), ("fixed addresses", spec.ip4 + spec.ip6)):
+        for what, present in (
+            ("rctl limits", spec.rctl),
+            ("zfs jail delegation", spec.delegated_datasets),
+            ("fixed addresses", spec.ip4 + spec.ip6),
+        ):
             if present:
-                self.log.warn("jail {name}: {what} requested but the linux-dev host has no "
-                              "counterpart; not applied", name=spec.name, what=what)
+                self.log.warn(
+                    "jail {name}: {what} requested but the linux-dev host has no "
+                    "counterpart; not applied",
+                    name=spec.name,
+                    what=what,
+                )
         result: Result = await self.runner.run(self.start_cmd(spec))
         if not result.ok:
             raise JailError(f"jail {spec.name} did not start: {result.err.strip()}")
@@ -123,15 +145,22 @@ class LinuxJails:
         timeout: float | None = None,
         stdin: bytes | None = None,
     ) -> Result:
-        result: Result = await self.runner.run(self.exec_cmd(name, argv, user, env, timeout,
-                                                             stdin))
+        result: Result = await self.runner.run(self.exec_cmd(name, argv, user, env, timeout, stdin))
         return result
 
     async def remove(self, name: str, timeout: float | None = None) -> None:
         """`jail -r`, escalating to `jail -R` after `timeout`; raises if anything is left."""
         grace = 10.0 if timeout is None else timeout
-        cmd = self._tool("stop", "--name", JAIL.check(name), "--state-dir", self.state_dir,
-                         "--timeout", str(grace), timeout=grace + 15)
+        cmd = self._tool(
+            "stop",
+            "--name",
+            JAIL.check(name),
+            "--state-dir",
+            self.state_dir,
+            "--timeout",
+            str(grace),
+            timeout=grace + 15,
+        )
         result: Result = await self.runner.run(cmd)
         if not result.ok:
             raise JailError(f"jail {name} was not removed cleanly: {result.err.strip()}")

@@ -25,8 +25,11 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 JAIL_NAME_MAX = 11
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -44,7 +47,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 def _mount(src: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     rc = _libc.mount(
-        src.encode(), target.encode(), fstype.encode() if fstype else None, flags,
+        src.encode(),
+        target.encode(),
+        fstype.encode() if fstype else None,
+        flags,
         data.encode() if data else None,
     )
     if rc != 0:
@@ -95,8 +101,13 @@ def _make_dev(root: Path) -> None:
     (dev / "shm").mkdir()
     _mount("tmpfs", str(dev / "shm"), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=64m")
     (dev / "pts").mkdir()
-    _mount("devpts", str(dev / "pts"), "devpts", MS_NOSUID | MS_NOEXEC,
-           "newinstance,ptmxmode=0666,mode=620")
+    _mount(
+        "devpts",
+        str(dev / "pts"),
+        "devpts",
+        MS_NOSUID | MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=620",
+    )
     (dev / "ptmx").symlink_to("pts/ptmx")
 
 
@@ -247,6 +258,42 @@ def _alive(state: dict[str, object]) -> bool:
     return _pidns(str(state["pid"])) == state["pidns"]
 
 
+def _unshare_argv(args: argparse.Namespace, root: Path, ready_fd: int) -> list[str]:
+    unshare = shutil.which("unshare") or "/usr/bin/unshare"
+    flags = "--pid --fork --kill-child --mount --uts --ipc --propagation private".split()
+    argv = [unshare, *flags, *(["--net"] if args.private_network else []), "--"]
+    argv += [sys.executable, "-m", "jailfarm.host.nsjail", "_init", "--ready-fd", str(ready_fd)]
+    argv += ["--root", str(root), "--hostname", args.hostname, "--grace", str(args.grace)]
+    for option, values in (
+        ("--system-dir", args.system_dir),
+        ("--bind-ro", args.bind_ro),
+        ("--bind-rw", args.bind_rw),
+    ):
+        for value in values:
+            argv += [option, value]
+    return argv + (["--private-network"] if args.private_network else [])
+
+
+def _spawn_detached(argv: list[str], ready_fd: int, console_path: Path) -> int:
+    """Fork; the child leaves our session and becomes unshare(1), with stdout and stderr on the
+    console log. The jail outlives this command, as a `jail -c persist` jail does."""
+    console = os.open(console_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setsid()
+            os.set_inheritable(ready_fd, True)
+            devnull = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(devnull, 0)
+            os.dup2(console, 1)
+            os.dup2(console, 2)
+            os.execv(argv[0], argv)
+        finally:
+            os._exit(127)
+    os.close(console)
+    return child
+
+
 def start(args: argparse.Namespace) -> int:
     sdir = _state(args.state_dir, args.name)
     old = _load(args.state_dir, args.name)
@@ -255,53 +302,27 @@ def start(args: argparse.Namespace) -> int:
     root = Path(args.root)
     if not root.is_dir():
         raise NsJailError(f"jail root {root} is not a directory")
+    root = root.resolve()
     sdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    unshare = shutil.which("unshare") or "/usr/bin/unshare"
-    argv = [unshare, "--pid", "--fork", "--kill-child", "--mount", "--uts", "--ipc",
-            "--propagation", "private"]
-    if args.private_network:
-        argv.append("--net")
     rfd, wfd = os.pipe()
-    argv += ["--", sys.executable, "-m", "jailfarm.host.nsjail", "_init", "--ready-fd", str(wfd),
-             "--root", str(root.resolve()), "--hostname", args.hostname, "--grace", str(args.grace)]
-    for d in args.system_dir:
-        argv += ["--system-dir", d]
-    for b in args.bind_ro:
-        argv += ["--bind-ro", b]
-    for b in args.bind_rw:
-        argv += ["--bind-rw", b]
-    if args.private_network:
-        argv.append("--private-network")
-    console = os.open(sdir / "console.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    child = os.fork()
-    if child == 0:  # detach: the jail outlives this command, as a `jail -c persist` jail does
-        try:
-            os.setsid()
-            os.close(rfd)
-            os.set_inheritable(wfd, True)
-            devnull = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(devnull, 0)
-            os.dup2(console, 1)
-            os.dup2(console, 2)
-            os.execv(unshare, argv)
-        finally:
-            os._exit(127)
+    child = _spawn_detached(_unshare_argv(args, root, wfd), wfd, sdir / "console.log")
     os.close(wfd)
-    os.close(console)
     answer = _read_ready(rfd, args.timeout)
-    os.waitpid(child, os.WNOHANG)
     if not answer.startswith("ok "):
         try:
             os.kill(child, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        os.waitpid(child, 0)
         detail = answer.removeprefix("error ").strip() or "no answer from the jail's init"
         log = (sdir / "console.log").read_text(errors="replace")[-1000:]
         raise NsJailError(f"jail {args.name} did not start: {detail}\n{log}".rstrip())
     _, pid, inode = answer.split()
-    state = {"name": args.name, "pid": int(pid), "pidns": int(inode), "unshare_pid": child,
-             "root": str(root.resolve()), "hostname": args.hostname,
-             "private_network": bool(args.private_network), "started": time.time()}
+    state = {
+        "name": args.name, "pid": int(pid), "pidns": int(inode), "unshare_pid": child,
+        "root": str(root), "hostname": args.hostname,
+        "private_network": bool(args.private_network), "started": time.time(),
+    }  # fmt: skip
     tmp = sdir / "state.json.tmp"
     tmp.write_text(json.dumps(state))
     tmp.rename(sdir / "state.json")

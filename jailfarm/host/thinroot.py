@@ -20,8 +20,17 @@ _GROUP = f"root:x:0:\n{WORKER_USER}:x:{WORKER_UID}:\nnogroup:x:65534:\n"
 
 def populate(root: Path, hostname: str = "template") -> None:
     """Write the thin root's own files into `root` (an empty dataset mountpoint)."""
-    for d in ("etc", "root", "tmp", "var/tmp", "var/run", "var/log", "dev", "proc",
-              f"home/{WORKER_USER}"):
+    for d in (
+        "etc",
+        "root",
+        "tmp",
+        "var/tmp",
+        "var/run",
+        "var/log",
+        "dev",
+        "proc",
+        f"home/{WORKER_USER}",
+    ):
         (root / d).mkdir(parents=True, exist_ok=True)
     for d in ("tmp", "var/tmp"):
         (root / d).chmod(0o1777)

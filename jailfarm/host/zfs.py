@@ -8,9 +8,8 @@ numbers, scripted output on both platforms (zfs-get(8)).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import task
 from twisted.logger import Logger
@@ -18,17 +17,53 @@ from twisted.logger import Logger
 from jailfarm.cmd import Cmd, Result
 from jailfarm.errors import CommandFailed, ParseError, ZfsError
 from jailfarm.names import DATASET, PROPERTY_VALUE, USER_PROPERTY, require_under, split_snapshot
-from jailfarm.runner import Runner
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+    from jailfarm.runner import Runner
 
 # Native properties we read; user properties (jailfarm:*) are validated separately.
 NATIVE_PROPERTIES = frozenset(
-    {"type", "used", "available", "referenced", "origin", "mountpoint", "mounted", "creation",
-     "usedbysnapshots", "reservation", "refreservation", "quota", "readonly", "canmount",
-     "compression", "atime", "sync", "jailed", "name"}
+    {
+        "type",
+        "used",
+        "available",
+        "referenced",
+        "origin",
+        "mountpoint",
+        "mounted",
+        "creation",
+        "usedbysnapshots",
+        "reservation",
+        "refreservation",
+        "quota",
+        "readonly",
+        "canmount",
+        "compression",
+        "atime",
+        "sync",
+        "jailed",
+        "name",
+    }
 )
 # Properties we may set at create/clone time.
-SETTABLE = frozenset({"mountpoint", "canmount", "readonly", "reservation", "refreservation",
-                      "quota", "compression", "atime", "sync", "jailed", "exec", "setuid"})
+SETTABLE = frozenset(
+    {
+        "mountpoint",
+        "canmount",
+        "readonly",
+        "reservation",
+        "refreservation",
+        "quota",
+        "compression",
+        "atime",
+        "sync",
+        "jailed",
+        "exec",
+        "setuid",
+    }
+)
 
 
 def _prop_name(name: str) -> str:
@@ -88,8 +123,9 @@ def get_cmd(
             checked.append(DATASET.check(t))
     if not names or not checked:
         raise ValueError("zfs get needs at least one property and one target")
-    return Cmd(("zfs", "get", "-H", "-p", "-o", "name,property,value", *flags, ",".join(names),
-                *checked))
+    return Cmd(
+        ("zfs", "get", "-H", "-p", "-o", "name,property,value", *flags, ",".join(names), *checked)
+    )
 
 
 def set_cmd(dataset: str, prop: str, value: str) -> Cmd:
@@ -214,7 +250,10 @@ class Zfs:
         (await self._run(set_cmd(dataset, prop, value))).check()
 
     async def get(
-        self, targets: Iterable[str], props: Iterable[str], recursive: bool = False,
+        self,
+        targets: Iterable[str],
+        props: Iterable[str],
+        recursive: bool = False,
         depth: int | None = None,
     ) -> dict[str, dict[str, str]]:
         result = (await self._run(get_cmd(targets, props, recursive, depth))).check()
@@ -271,8 +310,9 @@ class Zfs:
             if not any(marker in result.err for marker in BUSY):
                 raise CommandFailed(result.cmd, result.rc, result.err)
             last = result.err.strip()
-            self.log.info("{ds} is busy (attempt {n}); unmounting and retrying", ds=dataset,
-                          n=attempt + 1)
+            self.log.info(
+                "{ds} is busy (attempt {n}); unmounting and retrying", ds=dataset, n=attempt + 1
+            )
             if "@" not in dataset:
                 # The answer does not matter: the retry tells whether it helped.
                 await self._run(umount_cmd(dataset, force=attempt >= 2))

@@ -12,14 +12,16 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import task
 
 from jailfarm.cmd import Cmd, Result
 from jailfarm.errors import FarmError
 from jailfarm.names import DATASET
-from jailfarm.runner import Runner
+
+if TYPE_CHECKING:
+    from jailfarm.runner import Runner
 
 NOT_RUNNING = "Please make sure that the zfs-fuse daemon is running"
 
@@ -58,8 +60,9 @@ class ZfsFuse:
             self.clock = reactor
 
     async def answering(self) -> bool:
-        result: Result = await self.runner.run(Cmd(("zpool", "list", "-H", "-o", "name"),
-                                                   timeout=30))
+        result: Result = await self.runner.run(
+            Cmd(("zpool", "list", "-H", "-o", "name"), timeout=30)
+        )
         return result.ok
 
     async def ensure_running(self, timeout: float = 15.0) -> None:
@@ -70,15 +73,18 @@ class ZfsFuse:
         if pid is not None and not _pid_alive(pid):
             self.pidfile.unlink()  # zfs-fuse will not start over a stale pidfile
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
-        (await self.runner.run(Cmd(("zfs-fuse", "--pidfile", str(self.pidfile)),
-                                   timeout=30))).check()
+        (
+            await self.runner.run(Cmd(("zfs-fuse", "--pidfile", str(self.pidfile)), timeout=30))
+        ).check()
         self.started = True
         for _ in range(int(timeout / 0.1)):
             if await self.answering():
                 return
             await task.deferLater(self.clock, 0.1, lambda: None)
-        raise FarmError(f"zfs-fuse started (pidfile {self.pidfile}) but does not answer on "
-                        "/run/zfs/zfs_socket; see syslog, or run `zfs-fuse -n` by hand")
+        raise FarmError(
+            f"zfs-fuse started (pidfile {self.pidfile}) but does not answer on "
+            "/run/zfs/zfs_socket; see syslog, or run `zfs-fuse -n` by hand"
+        )
 
     async def stop(self, timeout: float = 15.0) -> None:
         """Stop the daemon this object started (by its PID), waiting until it is gone."""
@@ -100,8 +106,9 @@ class ZfsFuse:
 
 
 async def pool_exists(runner: Runner, pool: str) -> bool:
-    result: Result = await runner.run(Cmd(("zpool", "list", "-H", "-o", "name",
-                                           DATASET.check(pool))))
+    result: Result = await runner.run(
+        Cmd(("zpool", "list", "-H", "-o", "name", DATASET.check(pool)))
+    )
     return result.ok
 
 
@@ -114,12 +121,13 @@ async def ensure_pool(runner: Runner, pool: str, image: Path, size: int, mountpo
         return False
     image = image.resolve()
     if image.exists():
-        result: Result = await runner.run(Cmd(("zpool", "import", "-d", str(image.parent),
-                                               pool)))
+        result: Result = await runner.run(Cmd(("zpool", "import", "-d", str(image.parent), pool)))
         if result.ok:
             return False
-        raise FarmError(f"{image} exists but pool {pool} cannot be imported from it: "
-                        f"{result.err.strip()}; remove the file to start afresh")
+        raise FarmError(
+            f"{image} exists but pool {pool} cannot be imported from it: "
+            f"{result.err.strip()}; remove the file to start afresh"
+        )
     image.parent.mkdir(parents=True, exist_ok=True)
     with open(image, "wb") as f:
         f.truncate(size)

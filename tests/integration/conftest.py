@@ -13,14 +13,18 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 
 def _answers() -> bool:
-    return subprocess.run(["zpool", "list", "-H", "-o", "name"], capture_output=True).returncode == 0
+    cmd = ["zpool", "list", "-H", "-o", "name"]
+    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
 
 
 @pytest.fixture(scope="session", autouse=True)

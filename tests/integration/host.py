@@ -6,10 +6,9 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Coroutine
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.trial import unittest
@@ -19,6 +18,9 @@ from jailfarm.host.linux import LinuxJails
 from jailfarm.host.thinroot import populate
 from jailfarm.host.zfs import Zfs
 from jailfarm.runner import LocalRunner
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
 
 
 def deferred_test(
@@ -87,8 +89,5 @@ class PoolTestCase(unittest.TestCase):
 
     async def clone(self, name: str, **props: str) -> str:
         target = f"{self.root}/{name}"
-        await self.zfs.clone(f"{self.root}/tpl@1", target,
-                             {"jailfarm:owner": "test", **props})
+        await self.zfs.clone(f"{self.root}/tpl@1", target, {"jailfarm:owner": "test", **props})
         return f"{self.mountpoint}/farm/{name}"
-
-

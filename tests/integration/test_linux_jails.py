@@ -20,15 +20,26 @@ PY = sys.executable
 class LinuxJailTests(PoolTestCase):
     async def start(self, name: str, **kw: object) -> tuple[str, int]:
         path = await self.clone(name)
-        info = await self.jails.start(JailSpec(name=name, path=path, hostname=f"{name}.test",
-                                               profile="worker", children_max=4, **kw))  # type: ignore[arg-type]
+        info = await self.jails.start(
+            JailSpec(
+                name=name,
+                path=path,
+                hostname=f"{name}.test",
+                profile="worker",
+                children_max=4,
+                **kw,
+            )
+        )  # type: ignore[arg-type]
         return path, int(info.extra["pidns"])
 
     @deferred_test
     async def test_jail_runs_commands_in_its_own_namespaces(self) -> None:
         path, inode = await self.start("w1")
-        r = (await self.jails.exec("w1", ["sh", "-c", "hostname; echo $$; id -u; "
-                                          "tr '\\0' ' ' < /proc/1/cmdline"])).check()
+        r = (
+            await self.jails.exec(
+                "w1", ["sh", "-c", "hostname; echo $$; id -u; tr '\\0' ' ' < /proc/1/cmdline"]
+            )
+        ).check()
         hostname, pid, uid, init = r.out.splitlines()
         self.assertEqual(hostname, "w1.test")
         self.assertNotEqual(hostname, os.uname().nodename)
@@ -43,7 +54,7 @@ class LinuxJailTests(PoolTestCase):
         with open(f"{path}/root/note") as f:
             self.assertEqual(f.read(), "hello\n")
         # The project's Python environment runs inside, read-only.
-        r = (await self.jails.exec("w1", [PY, "-c", "import jailfarm, sys; print(sys.prefix)"]))
+        r = await self.jails.exec("w1", [PY, "-c", "import jailfarm, sys; print(sys.prefix)"])
         self.assertEqual(r.check().out.strip(), sys.prefix)
         # A clean login environment, like jexec -l: the master's variables do not leak in.
         os.environ["JAILFARM_LEAK_TEST"] = "x"
@@ -58,7 +69,7 @@ class LinuxJailTests(PoolTestCase):
     @deferred_test
     async def test_exec_as_unprivileged_user(self) -> None:
         await self.start("w1")
-        r = (await self.jails.exec("w1", ["sh", "-c", "id -un; echo $HOME"], user="buildbot"))
+        r = await self.jails.exec("w1", ["sh", "-c", "id -un; echo $HOME"], user="buildbot")
         self.assertEqual(r.check().out.split(), ["buildbot", "/home/buildbot"])
         r = await self.jails.exec("w1", ["true"], user="nosuchuser")
         self.assertNotEqual(r.rc, 0)
@@ -122,8 +133,14 @@ class LinuxJailTests(PoolTestCase):
         shared = self.work / "shared"
         shared.mkdir()
         path = await self.clone("w1")
-        await self.jails.start(JailSpec(name="w1", path=path, hostname="w1.test",
-                                        mounts=(Mount(str(shared), "/data", read_only=False),)))
+        await self.jails.start(
+            JailSpec(
+                name="w1",
+                path=path,
+                hostname="w1.test",
+                mounts=(Mount(str(shared), "/data", read_only=False),),
+            )
+        )
         (await self.jails.exec("w1", ["sh", "-c", "echo out > /data/f"])).check()
         self.assertEqual((shared / "f").read_text(), "out\n")
         with self.assertRaises(JailError) as ctx:

@@ -21,16 +21,19 @@ class ZfsHostTests(PoolTestCase):
         self.assertEqual(info.type, "filesystem")
         self.assertTrue(info.mounted)
         self.assertEqual(info.mountpoint, path)
-        self.assertEqual(dict(info.user), {"jailfarm:owner": "test", "jailfarm:build": "42",
-                                           "jailfarm:expires": "1900000000"})
+        self.assertEqual(
+            dict(info.user),
+            {"jailfarm:owner": "test", "jailfarm:build": "42", "jailfarm:expires": "1900000000"},
+        )
         self.assertTrue((Path(path) / "etc" / "passwd").exists())
 
     @deferred_test
     async def test_list_finds_datasets_snapshots_and_user_properties(self) -> None:
         await self.clone("w1", **{"jailfarm:build": "7"})
         found = {d.name: d for d in await self.zfs.list(self.root, ["jailfarm:build"])}
-        self.assertEqual(set(found), {self.root, f"{self.root}/tpl", f"{self.root}/tpl@1",
-                                      f"{self.root}/w1"})
+        self.assertEqual(
+            set(found), {self.root, f"{self.root}/tpl", f"{self.root}/tpl@1", f"{self.root}/w1"}
+        )
         self.assertEqual(found[f"{self.root}/tpl@1"].type, "snapshot")
         self.assertEqual(found[f"{self.root}/w1"].user, {"jailfarm:build": "7"})
         self.assertEqual(found[f"{self.root}/tpl"].user, {})
@@ -39,7 +42,7 @@ class ZfsHostTests(PoolTestCase):
     @deferred_test
     async def test_space_accounting_sees_a_clone_grow(self) -> None:
         path = await self.clone("w1")
-        before = (await self.zfs.info(f"{self.root}/w1"))
+        before = await self.zfs.info(f"{self.root}/w1")
         assert before is not None
         with open(Path(path) / "blob", "wb") as f:
             f.write(os.urandom(8 << 20))
@@ -68,8 +71,9 @@ class ZfsHostTests(PoolTestCase):
         try:
             with self.assertRaises(ZfsError) as ctx:
                 await self.zfs.destroy(f"{self.root}/w1", attempts=3, delay=0.05)
-            self.assertIn(f"cannot destroy {self.root}/w1: still busy after 3 attempts",
-                          str(ctx.exception))
+            self.assertIn(
+                f"cannot destroy {self.root}/w1: still busy after 3 attempts", str(ctx.exception)
+            )
         finally:
             holder.kill()
             holder.wait()
