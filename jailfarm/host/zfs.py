@@ -316,7 +316,8 @@ class Zfs:
             if "@" not in dataset:
                 # The answer does not matter: the retry tells whether it helped.
                 await self._run(umount_cmd(dataset, force=attempt >= 2))
-            await task.deferLater(self.clock, delay * (2**attempt), lambda: None)
+            if attempt:  # the first retry follows the unmount at once; then back off
+                await task.deferLater(self.clock, delay * (2 ** (attempt - 1)), lambda: None)
         raise ZfsError(
             f"cannot destroy {dataset}: still busy after {attempts} attempts with unmounts "
             f"({last}); find what holds it (fuser -m, a jail not removed) and run `jailfarm reap`"
