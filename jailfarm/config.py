@@ -1,0 +1,535 @@
+"""farm.toml: the typed, validated description of one farm (pure, except `load_farm`, which
+reads the file).
+
+`parse_farm` checks everything and raises one `ConfigError` listing every problem, each naming
+the key, the bad value and what is expected. The README's configuration reference is for
+users; the value types and the reader live in configschema.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, cast
+
+from jailfarm import configschema as cs
+from jailfarm import names
+from jailfarm.cmd import Secret
+from jailfarm.configschema import format_size, hash_password, parse_size, verify_password
+from jailfarm.errors import ConfigError
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Mapping
+
+__all__ = [
+    "ConfigError",
+    "DatabaseConfig",
+    "FarmConfig",
+    "JailHost",
+    "PortSet",
+    "PortsTree",
+    "PoudriereJail",
+    "PublishConfig",
+    "SigningConfig",
+    "TemplateConfig",
+    "WebConfig",
+    "WebUser",
+    "WorkersConfig",
+    "ZfsConfig",
+    "format_size",
+    "hash_password",
+    "load_farm",
+    "parse_farm",
+    "parse_size",
+    "verify_password",
+]
+Platform = Literal["freebsd", "linux-dev"]
+PLATFORMS = ("freebsd", "linux-dev")
+GiB, MiB = 1 << 30, 1 << 20
+ROLES = ("viewer", "ops", "admin")
+ROOT_MAX = 100  # leaves room below zfs.root for clones and poudriere's datasets (255 in all)
+MOUNTPOINT_MAX = 32  # nested poudriere mount paths grow from the pool mountpoint
+MIN_POOL = 64 * MiB  # zpool refuses smaller vdevs
+MIN_MEMORY = 64 * MiB  # a lower rctl limit only makes every build fail
+DEFAULT_PACKAGES = ("py311-buildbot-worker", "poudriere", "git-lite")
+DEFAULT_DATABASE = "sqlite:///state.sqlite"  # relative to the master directory
+
+
+@dataclass(frozen=True)
+class ZfsConfig:
+    """The pool, the dataset root everything the farm creates lives below, and the free-space
+    reserve in bytes. `pool_file`, `pool_size` and `mountpoint` describe the file-backed
+    zfs-fuse pool of a linux-dev farm (None on freebsd, where the pool already exists)."""
+
+    pool: str
+    root: str
+    reserve: int = GiB
+    pool_file: str | None = None
+    pool_size: int | None = None
+    mountpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class JailHost:
+    """A machine that runs worker jails: this one (`ssh` is None) or one reached over SSH."""
+
+    name: str
+    ssh: str | None = None
+    ssh_user: str = "root"
+    ssh_port: int = 22
+    max_jails: int = 2
+
+    @property
+    def is_local(self) -> bool:
+        return self.ssh is None
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    """Worker jails: timeouts and leases in seconds, poudriere builders per worker, the master's
+    worker port, and the FreeBSD-only jail limits (None on linux-dev; memory in bytes)."""
+
+    attach_timeout: int = 120
+    lease: int = 14400
+    builders: int = 2
+    pb_port: int = 9989
+    private_network: bool = False
+    devfs_ruleset: int | None = 4
+    memory_limit: int | None = None
+
+    @property
+    def children_max(self) -> int:
+        """Child jails a worker may create: poudriere needs 2 x (builders + 1)."""
+        return 2 * (self.builders + 1)
+
+
+@dataclass(frozen=True)
+class TemplateConfig:
+    """The worker template: FreeBSD release and packages (freebsd only; None and () on
+    linux-dev) and how many template generations to keep."""
+
+    release: str | None = None
+    packages: tuple[str, ...] = ()
+    keep: int = 3
+
+
+@dataclass(frozen=True)
+class PoudriereJail:
+    """A poudriere build jail; `arch` is the TARGET_ARCH (amd64, aarch64, ...)."""
+
+    name: str
+    version: str
+    arch: str = "amd64"
+
+    @property
+    def poudriere_arch(self) -> str:
+        """The `poudriere jail -a` spelling (TARGET.TARGET_ARCH, e.g. arm64.aarch64)."""
+        return cs.ARCHES[self.arch]
+
+    @property
+    def abi(self) -> str:
+        """The pkg ABI of the packages this jail builds, e.g. FreeBSD:14:amd64."""
+        return f"FreeBSD:{self.version.split('.')[0]}:{self.arch}"
+
+
+@dataclass(frozen=True)
+class PortsTree:
+    name: str
+    url: str
+    branch: str = "main"
+
+
+@dataclass(frozen=True)
+class PortSet:
+    """A poudriere set: make.conf assignments in file order (a key ending in '+' appends) and
+    the origins to build (empty: the whole tree)."""
+
+    name: str
+    make_conf: tuple[tuple[str, str], ...] = ()
+    packages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    root: str
+    keep: int = 5
+
+
+@dataclass(frozen=True)
+class SigningConfig:
+    """Exactly one of a private key file or a signing command (argv for pkg's
+    signing_command protocol)."""
+
+    key_file: str | None = None
+    command: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WebUser:
+    name: str
+    password_hash: str = field(repr=False)
+    role: str = "viewer"
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    bind: str = "127.0.0.1"
+    port: int = 8010
+    url: str = "http://localhost:8010/"
+    auth: str = "none"
+    users: tuple[WebUser, ...] = ()
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """The master's database URL, a `Secret` since it may carry a password: pass
+    `url.reveal()` to buildbot and show `display_url` to people."""
+
+    url: Secret = field(default_factory=lambda: Secret(DEFAULT_DATABASE))
+
+    @property
+    def display_url(self) -> str:
+        return cs.mask_url(self.url.reveal())
+
+
+@dataclass(frozen=True)
+class FarmConfig:
+    """One farm, as farm.toml describes it (see the README's configuration reference)."""
+
+    name: str
+    platform: Platform
+    prefix: str
+    state_dir: str
+    zfs: ZfsConfig
+    jail_hosts: tuple[JailHost, ...]
+    workers: WorkersConfig
+    template: TemplateConfig
+    poudriere_jails: tuple[PoudriereJail, ...]
+    trees: tuple[PortsTree, ...]
+    sets: tuple[PortSet, ...]
+    publish: PublishConfig
+    signing: SigningConfig
+    web: WebConfig
+    database: DatabaseConfig
+
+
+def load_farm(path: str | os.PathLike[str]) -> FarmConfig:
+    """Read and validate a farm.toml. An unreadable file or a TOML syntax error (tomllib's
+    message carries the line and column) is a `ConfigError` too."""
+    source = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read the file: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [f"TOML syntax error: {exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, ["the file is not UTF-8 text"]) from None
+    return parse_farm(data, source)
+
+
+def parse_farm(data: Mapping[str, object], source: str = "farm.toml") -> FarmConfig:
+    """Validate parsed TOML and build a `FarmConfig`, or raise one `ConfigError` that lists
+    every problem: unknown keys, bad values, missing keys and conflicts between keys."""
+    report = cs.Report()
+    top = cs.Table(data, "", report)
+    f = top.table("farm")
+    platform = f.need("platform", cs.choice(*PLATFORMS), "", "'freebsd' or 'linux-dev'")
+    name = f.get("name", cs.name_of(cs.FARM_NAME), "jailfarm")
+    prefix = f.get("prefix", cs.name_of(cs.PREFIX), "jf")
+    state_dir = f.get("state_dir", cs.abs_path, _state_default(platform))
+    f.done()
+    zfs = _zfs(top.table("zfs"), platform, prefix, state_dir)
+    hosts = _jail_hosts(top)
+    workers = _workers(top.table("workers"), platform)
+    template = _template(top.table("template"), platform)
+    jails = _poudriere_jails(top)
+    trees = _trees(top)
+    sets = _sets(top)
+    publish = _publish(top.table("publish"), state_dir)
+    signing = _signing(top.table("signing"), platform, state_dir, publish.root)
+    web = _web(top.table("web"), workers.pb_port)
+    db = top.table("database")
+    database = DatabaseConfig(Secret(db.get("url", cs.database_url, DEFAULT_DATABASE)))
+    db.done()
+    top.done()
+    if report.problems:
+        raise ConfigError(source, report.problems)
+    return FarmConfig(
+        name=name,
+        platform=cast("Platform", platform),
+        prefix=prefix,
+        state_dir=state_dir,
+        zfs=zfs,
+        jail_hosts=hosts,
+        workers=workers,
+        template=template,
+        poudriere_jails=jails,
+        trees=trees,
+        sets=sets,
+        publish=publish,
+        signing=signing,
+        web=web,
+        database=database,
+    )
+
+
+def _state_default(platform: str) -> str:
+    return "/var/db/jailfarm" if platform == "freebsd" else "/var/lib/jailfarm"
+
+
+def _only(t: cs.Table, platform: str, wanted: str, *keys: str) -> bool:
+    """Whether keys that mean something only on `wanted` are read. On the other platform each
+    one present is a problem; with an unknown platform they are read, to find other errors."""
+    if platform in (wanted, ""):
+        return True
+    for k in keys:
+        t.forbid(
+            k, f"is only valid with platform {wanted!r} (this farm is {platform!r}); remove it"
+        )
+    return False
+
+
+def _unique(
+    report: cs.Report, path: str, values: list[str], key: str = "name", what: str = "name"
+) -> None:
+    """Report each value that repeats an earlier one; values whose key failed are skipped."""
+    first: dict[str, int] = {}
+    for i, value in enumerate(values):
+        where = f"{path}[{i}].{key}"
+        if not report.ok(where):
+            continue
+        if value in first:
+            also = f"{path}[{first[value]}].{key}"
+            report.add(where, f"{cs.show(value)} repeats {also}; expected each {what} once")
+        first.setdefault(value, i)
+
+
+def _zfs(t: cs.Table, platform: str, prefix: str, state_dir: str) -> ZfsConfig:
+    pool = t.need("pool", cs.name_of(cs.POOL), "", "a ZFS pool name, e.g. 'jailfarm'")
+    root = t.need(
+        "root", cs.name_of(names.DATASET), "", "a dataset in the pool, e.g. 'jailfarm/farm'"
+    )
+    reserve = t.get("reserve", cs.size(), GiB)
+    pool_file = pool_size = mountpoint = None
+    if _only(t, platform, "linux-dev", "pool_file", "pool_size", "mountpoint"):
+        pool_file = t.get("pool_file", cs.abs_path, f"{state_dir}/pool.img")
+        pool_size = t.get("pool_size", cs.size(MIN_POOL), 4 * GiB)
+        mountpoint = t.get("mountpoint", cs.abs_path, f"/{prefix}")
+    t.done()
+    r = t.report
+    if r.ok("zfs.pool", "zfs.root") and not cs.is_under(root, pool):
+        expected = f"{cs.show(pool)} or a dataset below it, e.g. '{pool}/farm'"
+        r.add("zfs.root", f"{cs.show(root)} is not in pool {cs.show(pool)}; expected {expected}")
+    if r.ok("zfs.root") and len(root) > ROOT_MAX:
+        why = "clones and poudriere's datasets go below it, 255 characters in all"
+        r.add("zfs.root", f"{cs.show(root)} is too long; expected at most {ROOT_MAX} ({why})")
+    if pool_size and r.ok("zfs.reserve", "zfs.pool_size") and reserve >= pool_size:
+        pool_text = f"zfs.pool_size ({format_size(pool_size)})"
+        r.add("zfs.reserve", f"{format_size(reserve)} is not below {pool_text}; expected less")
+    if mountpoint and len(mountpoint) > MOUNTPOINT_MAX:
+        why = "nested mount paths grow from it"
+        r.add(
+            "zfs.mountpoint",
+            f"{cs.show(mountpoint)} is too long; expected a path of at most "
+            f"{MOUNTPOINT_MAX} characters such as '/jf' ({why})",
+        )
+    return ZfsConfig(pool, root, reserve, pool_file, pool_size, mountpoint)
+
+
+def _jail_host(t: cs.Table) -> JailHost:
+    name = t.need("name", cs.name_of(cs.HOST_LABEL), "", "a label such as 'local' or 'build2'")
+    ssh = t.get("ssh", cs.name_of(names.HOSTNAME), None)
+    user, port = "root", 22
+    if not t.has("ssh"):
+        for k in ("ssh_user", "ssh_port"):
+            t.forbid(k, "is set without ssh; expected ssh = HOST as well, or neither")
+    else:
+        user = t.get("ssh_user", cs.name_of(names.USER), "root")
+        port = t.get("ssh_port", cs.PORT, 22)
+    max_jails = t.get("max_jails", cs.integer(1), 2)
+    t.done()
+    return JailHost(name, ssh, user, port, max_jails)
+
+
+def _jail_hosts(top: cs.Table) -> tuple[JailHost, ...]:
+    tables = top.tables("jail_hosts")
+    if tables is None:
+        return (JailHost("local"),)
+    if not tables and top.report.ok("jail_hosts"):
+        top.report.add("jail_hosts", "empty; expected at least one [[jail_hosts]] table")
+    hosts = [_jail_host(t) for t in tables]
+    _unique(top.report, "jail_hosts", [h.name for h in hosts])
+    machines = [f"{h.ssh}:{h.ssh_port}" if h.ssh else "no ssh (this machine)" for h in hosts]
+    _unique(top.report, "jail_hosts", machines, key="ssh", what="machine")
+    return tuple(hosts)
+
+
+def _workers(t: cs.Table, platform: str) -> WorkersConfig:
+    attach = t.get("attach_timeout", cs.integer(1), 120)
+    lease = t.get("lease", cs.integer(1), 14400)
+    builders = t.get("builders", cs.integer(1), 2)
+    pb_port = t.get("pb_port", cs.PORT, 9989)
+    private = t.get("private_network", cs.boolean, False)
+    devfs, memory = None, None
+    if _only(t, platform, "freebsd", "devfs_ruleset", "memory_limit"):
+        devfs = t.get("devfs_ruleset", cs.integer(0, 65535), 4)
+        memory = t.get("memory_limit", cs.size(MIN_MEMORY), None)
+    t.done()
+    if t.report.ok("workers.lease", "workers.attach_timeout") and lease <= attach:
+        expected = f"more seconds than workers.attach_timeout ({attach})"
+        t.report.add("workers.lease", f"{lease} is too short; expected {expected}")
+    return WorkersConfig(attach, lease, builders, pb_port, private, devfs, memory)
+
+
+def _template(t: cs.Table, platform: str) -> TemplateConfig:
+    version: str | None = None
+    packages: tuple[str, ...] = ()
+    if _only(t, platform, "freebsd", "release", "packages"):
+        if platform == "freebsd":
+            version = t.need("release", cs.release, None, cs.RELEASE_TEXT)
+        else:
+            version = t.get("release", cs.release, None)
+        packages = t.items("packages", cs.package, DEFAULT_PACKAGES)
+    keep = t.get("keep", cs.integer(1), 3)
+    t.done()
+    return TemplateConfig(version, packages, keep)
+
+
+def _poudriere_jails(top: cs.Table) -> tuple[PoudriereJail, ...]:
+    p = top.table("poudriere")
+    tables = p.tables("jails")
+    p.done()
+    if not tables and top.report.ok("poudriere.jails"):
+        expected = "at least one [[poudriere.jails]] table with name, version and arch"
+        top.report.add("poudriere.jails", f"missing; expected {expected}")
+    jails = []
+    for t in tables or []:
+        name = t.need(
+            "name", cs.name_of(names.POUDRIERE_JAIL), "", "a jail name such as '141amd64'"
+        )
+        version = t.need("version", cs.release, "", cs.RELEASE_TEXT)
+        jails.append(PoudriereJail(name, version, t.get("arch", cs.arch, "amd64")))
+        t.done()
+    _unique(top.report, "poudriere.jails", [j.name for j in jails])
+    return tuple(jails)
+
+
+def _trees(top: cs.Table) -> tuple[PortsTree, ...]:
+    tables = top.tables("trees")
+    if not tables and top.report.ok("trees"):
+        top.report.add("trees", "missing; expected at least one [[trees]] table with name and url")
+    trees = []
+    for t in tables or []:
+        name = t.need("name", cs.name_of(names.TREE), "", "a tree name such as 'default'")
+        url = t.need("url", cs.git_url, "", "a git URL or an absolute path")
+        trees.append(PortsTree(name, url, t.get("branch", cs.name_of(names.BRANCH), "main")))
+        t.done()
+    _unique(top.report, "trees", [tree.name for tree in trees])
+    return tuple(trees)
+
+
+def _make_conf(t: cs.Table) -> tuple[tuple[str, str], ...]:
+    conf = t.table("make_conf")
+    assignments = []
+    for var in conf.data:
+        if not cs.MAKE_VAR.fullmatch(var):
+            expected = "letters, digits, '_' or '.', with an optional '+' at the end to append"
+            conf.report.add(conf.key(var), f"invalid make variable name; expected {expected}")
+        assignments.append((var, conf.get(var, cs.text, "")))
+    return tuple(assignments)
+
+
+def _sets(top: cs.Table) -> tuple[PortSet, ...]:
+    sets = []
+    for t in top.tables("sets") or []:
+        name = t.need("name", cs.name_of(names.SET), "", "a set name such as 'default'")
+        make_conf = _make_conf(t)
+        packages = t.items("packages", cs.name_of(names.ORIGIN), ())
+        sets.append(PortSet(name, make_conf, packages))
+        t.done()
+    _unique(top.report, "sets", [s.name for s in sets])
+    if all(s.name != "default" for s in sets):
+        sets.insert(0, PortSet("default"))
+    return tuple(sets)
+
+
+def _publish(t: cs.Table, state_dir: str) -> PublishConfig:
+    root = t.get("root", cs.abs_path, f"{state_dir}/repo")
+    keep = t.get("keep", cs.integer(1), 5)
+    t.done()
+    if t.report.ok("publish.root", "farm.state_dir") and cs.is_under(state_dir, root):
+        why = "nginx would serve the master's database"
+        t.report.add(
+            "publish.root",
+            f"{cs.show(root)} contains farm.state_dir ({why}); expected a directory outside it",
+        )
+    return PublishConfig(root, keep)
+
+
+def _signing(t: cs.Table, platform: str, state_dir: str, publish_root: str) -> SigningConfig:
+    key_file = t.get("key_file", cs.abs_path, None)
+    command = t.items("command", cs.signer_word, ())
+    t.done()
+    r = t.report
+    if t.has("command") and r.ok("signing.command") and (not command or command[0][0] == "-"):
+        expected = "an argv such as ['/usr/local/bin/sign-pkg', '--key', 'repo']"
+        r.add("signing.command", f"{cs.show(list(command))} names no program; expected {expected}")
+    neither = not key_file and not command and r.ok("signing")
+    if key_file and command:
+        r.add("signing", "both key_file and command are set; expected exactly one")
+    elif neither and platform == "linux-dev":
+        key_file = f"{state_dir}/keys/repo.key"
+    elif neither and platform == "freebsd":
+        expected = "signing.key_file (a private RSA key) or signing.command (a signer argv)"
+        r.add("signing", f"missing; packages must be signed: expected {expected}")
+    if (
+        key_file
+        and r.ok("signing.key_file", "publish.root")
+        and cs.is_under(key_file, publish_root)
+    ):
+        why = "nginx would serve the private key"
+        r.add(
+            "signing.key_file",
+            f"{cs.show(key_file)} is inside publish.root ({why}); expected a path outside it",
+        )
+    return SigningConfig(key_file, command)
+
+
+def _web_user(t: cs.Table) -> WebUser:
+    name = t.need("name", cs.name_of(names.USER), "", "a user name such as 'ops'")
+    hashed = t.need("password_hash", cs.password_hash, "", cs.HASH_TEXT)
+    role = t.get("role", cs.choice(*ROLES), "viewer")
+    t.done()
+    return WebUser(name, hashed, role)
+
+
+def _web(t: cs.Table, pb_port: int) -> WebConfig:
+    bind = t.get("bind", cs.ip_address, "127.0.0.1")
+    port = t.get("port", cs.PORT, 8010)
+    url = t.get("url", cs.web_url, f"http://localhost:{port}/")
+    auth = t.get("auth", cs.choice("none", "users"), "none")
+    users = tuple(_web_user(u) for u in t.tables("users") or [])
+    t.done()
+    r = t.report
+    _unique(r, "web.users", [u.name for u in users])
+    if r.ok("web.port", "workers.pb_port") and port == pb_port:
+        r.add("web.port", f"{port} is also workers.pb_port; expected a different port")
+    if r.ok("web.auth", "web.users") and (auth == "users") != bool(users):
+        expected = "auth = 'users' with at least one [[web.users]], or auth = 'none' with none"
+        r.add("web.auth", f"{cs.show(auth)} with {len(users)} user(s); expected {expected}")
+    if r.ok("web.auth", "web.bind") and auth == "none" and not _loopback(bind):
+        why = "with auth = 'none' anyone on the network could force and stop builds"
+        r.add(
+            "web.bind",
+            f"{cs.show(bind)} is not a loopback address ({why}); "
+            "expected 127.0.0.1 or ::1, or auth = 'users'",
+        )
+    return WebConfig(bind, port, url, auth, users)
+
+
+def _loopback(bind: str) -> bool:
+    return ipaddress.ip_address(bind).is_loopback
