@@ -21,9 +21,8 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task
 
@@ -35,6 +34,9 @@ from jailfarm.host.thinroot import populate
 from jailfarm.host.zfs import Zfs
 from jailfarm.runner import LocalRunner
 
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
 PHASES = ("root", "start", "exec", "remove", "drop")
 
 
@@ -44,7 +46,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def cycle(
-    jails: LinuxJails, name: str, make_root: Callable[[], Awaitable[str]],
+    jails: LinuxJails,
+    name: str,
+    make_root: Callable[[], Awaitable[str]],
     drop_root: Callable[[], Awaitable[None]],
 ) -> dict[str, float]:
     times: dict[str, float] = {}
@@ -52,8 +56,9 @@ async def cycle(
     path = await make_root()
     times["root"] = time.perf_counter() - t
     t = time.perf_counter()
-    await jails.start(JailSpec(name=name, path=path, hostname=f"{name}.bench", profile="worker",
-                               children_max=6))
+    await jails.start(
+        JailSpec(name=name, path=path, hostname=f"{name}.bench", profile="worker", children_max=6)
+    )
     times["start"] = time.perf_counter() - t
     t = time.perf_counter()
     (await jails.exec(name, ["true"])).check()
@@ -95,15 +100,21 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         tpl_dir = Path(mnt) / "farm" / "tpl"
         populate(tpl_dir)
         stdlib = sysconfig.get_paths()["stdlib"]
-        shutil.copytree(stdlib, tpl_dir / "usr-payload", symlinks=True,
-                        ignore=shutil.ignore_patterns("__pycache__", "site-packages"))
+        shutil.copytree(
+            stdlib,
+            tpl_dir / "usr-payload",
+            symlinks=True,
+            ignore=shutil.ignore_patterns("__pycache__", "site-packages"),
+        )
         files = sum(len(f) for _, _, f in os.walk(tpl_dir))
         size = sum(p.stat().st_size for p in tpl_dir.rglob("*") if p.is_file())
         await zfs.snapshot(f"{root}/tpl@1")
         (await runner.run(Cmd(("zfs", "create", f"{root}/copies")))).check()
         jails = LinuxJails(runner, str(work / "jails"))
-        print(f"template: {files} files, {size / 1e6:.0f} MB; {args.cycles} cycles each; "
-              f"pool {pool} on zfs-fuse")
+        print(
+            f"template: {files} files, {size / 1e6:.0f} MB; {args.cycles} cycles each; "
+            f"pool {pool} on zfs-fuse"
+        )
 
         async def clone_root() -> str:
             await zfs.clone(f"{root}/tpl@1", f"{root}/c", {"jailfarm:owner": "bench"})
@@ -121,15 +132,15 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         async def drop_copy() -> None:
             (await runner.run(Cmd(("rm", "-rf", "--one-file-system", copy_dir)))).check()
 
-        clone_runs = [await cycle(jails, "bc", clone_root, drop_clone)
-                      for _ in range(args.cycles)]
-        copy_runs = [await cycle(jails, "bp", copy_root, drop_copy)
-                     for _ in range(args.cycles)]
+        clone_runs = [await cycle(jails, "bc", clone_root, drop_clone) for _ in range(args.cycles)]
+        copy_runs = [await cycle(jails, "bp", copy_root, drop_copy) for _ in range(args.cycles)]
         clone = report("clone", clone_runs)
         copy = report("copy", copy_runs)
-        print(f"ratio copy/clone, p50 total: {copy['total'] / clone['total']:.1f}x; "
-              f"root only: {copy['root'] / clone['root']:.1f}x; "
-              f"p95 total: {copy['total_p95'] / clone['total_p95']:.1f}x")
+        print(
+            f"ratio copy/clone, p50 total: {copy['total'] / clone['total']:.1f}x; "
+            f"root only: {copy['root'] / clone['root']:.1f}x; "
+            f"p95 total: {copy['total_p95'] / clone['total_p95']:.1f}x"
+        )
     finally:
         await zfsfuse.destroy_pool(runner, pool, work / "pool.img")
         await daemon.stop()

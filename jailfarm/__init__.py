@@ -1,1 +1,4 @@
-"""jailfarm: a CI build farm for FreeBSD packages (shared core: config, command seam, host platforms, CLI)."""
+"""jailfarm: a CI build farm for FreeBSD packages.
+
+The shared core: farm configuration, the command seam, host platforms and the CLI.
+"""

@@ -57,10 +57,16 @@ class Cmd:
     timeout: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.argv or not all(isinstance(a, str) for a in self.argv):
+        if (
+            isinstance(self.argv, str)
+            or not self.argv
+            or not all(isinstance(a, str) for a in self.argv)
+        ):
             raise TypeError(f"Cmd.argv must be a non-empty tuple of str, got {self.argv!r}")
         if any("\0" in a for a in self.argv):
             raise ValueError("Cmd.argv may not contain NUL bytes")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"Cmd.timeout must be positive or None, got {self.timeout!r}")
         object.__setattr__(self, "argv", tuple(self.argv))
         object.__setattr__(self, "env", MappingProxyType(dict(self.env)))
 

@@ -103,9 +103,10 @@ USER_PROPERTY = NameRule(
 )
 PROPERTY_VALUE = NameRule(
     "ZFS property value",
-    re.compile(r"[A-Za-z0-9_.:@/+=,-]*"),
+    # Non-empty and not starting with '-': zfs prints '-' for an unset property.
+    re.compile(r"[A-Za-z0-9_.:@/+=,][A-Za-z0-9_.:@/+=,-]*"),
     1024,
-    "letters, digits and '_.:@/+=,-' only",
+    "letters, digits and '_.:@/+=,-' only, not empty, not starting with '-'",
 )
 USER = NameRule(
     "user", re.compile(r"[a-z_][a-z0-9_-]*"), 32, "a POSIX user name (lowercase, digits, '_-')"
@@ -129,8 +130,7 @@ def require_under(root: str, dataset: str) -> str:
     """Return `dataset` if it is strictly below `root` (both validated), else raise
     `UnsafeOperation`: destructive operations never reach outside the farm's root."""
     DATASET.check(root)
-    base = dataset.partition("@")[0]
-    DATASET.check(base)
+    base = split_snapshot(dataset)[0] if "@" in dataset else DATASET.check(dataset)
     if not base.startswith(root + "/"):
         raise UnsafeOperation(
             f"refusing to touch {dataset!r}: it is not below the farm root {root!r}"

@@ -10,6 +10,7 @@ and every failure once at warning.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -95,6 +96,9 @@ class LocalRunner:
         return result
 
 
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def _remote_word(word: str) -> str:
     quoted = shlex.quote(word.reveal() if isinstance(word, Secret) else word)
     return Secret(quoted) if isinstance(word, Secret) else quoted
@@ -132,6 +136,9 @@ class SshRunner:
     def wrap(self, cmd: Cmd) -> Cmd:
         """The local ssh `Cmd` that runs `cmd` remotely."""
         remote: list[str] = []
+        for key in cmd.env:
+            if not _ENV_KEY.fullmatch(key):
+                raise InvalidName(f"invalid environment variable name {key!r}")
         if cmd.env:
             remote += ["env"] + [
                 _remote_word(Secret(f"{k}={v.reveal()}") if isinstance(v, Secret) else f"{k}={v}")

@@ -1,1 +1,2 @@
-"""jailfarm.poudriere: poudriere commands and configs, status parsing, the dev-host bulk builder, pkg repositories."""
+"""jailfarm.poudriere: poudriere commands and configs, status parsing, the dev-host bulk
+builder, pkg packages and repositories."""

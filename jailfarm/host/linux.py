@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 import jailfarm
-from jailfarm.cmd import Cmd, Result
+from jailfarm.cmd import Cmd, Result, Secret
 from jailfarm.errors import JailError, ParseError
 from jailfarm.host.base import CAP_NESTED, JailInfo, JailSpec
 from jailfarm.names import JAIL, USER
@@ -90,8 +90,11 @@ class LinuxJails:
         for d in self.extra_ro:
             args += ["--bind-ro", d]
         for m in spec.mounts:
-            if ":" in m.host_path or ":" in m.jail_path:
-                raise JailError(f"jail {spec.name}: mount paths may not contain ':' ({m})")
+            if ":" in m.host_path or ":" in m.jail_path or not m.host_path.startswith("/"):
+                raise JailError(
+                    f"jail {spec.name}: mount {m.host_path} -> {m.jail_path}: the host path must "
+                    "be absolute and neither path may contain ':'"
+                )
             args += ["--bind-ro" if m.read_only else "--bind-rw", f"{m.host_path}:{m.jail_path}"]
         if spec.private_network:
             args.append("--private-network")
@@ -131,7 +134,10 @@ class LinuxJails:
         for key, value in (env or {}).items():
             if not _ENV_KEY.fullmatch(key):
                 raise JailError(f"invalid environment variable name {key!r}")
-            args += [f"--env={key}={value}"]
+            if isinstance(value, Secret):
+                args.append(Secret(f"--env={key}={value.reveal()}"))
+            else:
+                args.append(f"--env={key}={value}")
         if not argv:
             raise JailError("exec needs a command")
         return self._tool(*args, "--", *argv, timeout=timeout, stdin=stdin)

@@ -113,6 +113,8 @@ def get_cmd(
     if recursive:
         flags = ["-r"]
     elif depth is not None:
+        if depth < 0:
+            raise ValueError(f"zfs get depth must be >= 0, got {depth}")
         flags = ["-d", str(int(depth))]
     checked = []
     for t in targets:
@@ -310,6 +312,8 @@ class Zfs:
             if not any(marker in result.err for marker in BUSY):
                 raise CommandFailed(result.cmd, result.rc, result.err)
             last = result.err.strip()
+            if attempt == attempts - 1:
+                break
             self.log.info(
                 "{ds} is busy (attempt {n}); unmounting and retrying", ds=dataset, n=attempt + 1
             )

@@ -15,8 +15,9 @@ JAILFARM = str(Path(sys.executable).with_name("jailfarm"))
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([JAILFARM, *args], capture_output=True, text=True, timeout=300,
-                          check=False)
+    return subprocess.run(
+        [JAILFARM, *args], capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def test_config_check_accepts_the_example_and_lists_every_error_of_a_broken_file(
@@ -33,8 +34,14 @@ def test_config_check_accepts_the_example_and_lists_every_error_of_a_broken_file
     )
     bad = run("config", "check", str(broken))
     assert bad.returncode == 2
-    for key in ("farm.platform", "farm.prefix", "zfs.root", "zfs.reserve", "trees[0].name",
-                "trees[0].branch"):
+    for key in (
+        "farm.platform",
+        "farm.prefix",
+        "zfs.root",
+        "zfs.reserve",
+        "trees[0].name",
+        "trees[0].branch",
+    ):
         assert key in bad.stderr, (key, bad.stderr)
     assert "'12Q'" in bad.stderr
 
@@ -51,7 +58,8 @@ def smoke_config(tmp_path: Path) -> Path:
     tag = secrets.token_hex(3)
     cfg = tmp_path / "farm.toml"
     cfg.write_text(
-        (ROOT / "examples" / "farm.toml").read_text()
+        (ROOT / "examples" / "farm.toml")
+        .read_text()
         .replace('pool = "jailfarm"', f'pool = "jfs{tag}"')
         .replace('root = "jailfarm/demo"', f'root = "jfs{tag}/demo"')
         .replace("/var/lib/jailfarm", str(tmp_path / "state"))
@@ -66,11 +74,18 @@ def test_smoke_runs_a_jail_cycle_and_leaves_nothing(smoke_config: Path) -> None:
     result = run("smoke", "-c", str(smoke_config))
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    for line in ("pool " + pool + " created", "cloned ", "jail jfsmoke started",
-                 "hostname -> jfsmoke.jailfarm", "nested jail inside jfsmoke: hostname b01",
-                 "verified: no clone", "smoke: OK"):
+    for line in (
+        "pool " + pool + " created",
+        "cloned ",
+        "jail jfsmoke started",
+        "hostname -> jfsmoke.jailfarm",
+        "nested jail inside jfsmoke: hostname b01",
+        "verified: no clone",
+        "smoke: OK",
+    ):
         assert line in out, (line, out)
-    pools = subprocess.run(["zpool", "list", "-H", "-o", "name"], capture_output=True,
-                           text=True, check=False).stdout.split()
+    pools = subprocess.run(
+        ["zpool", "list", "-H", "-o", "name"], capture_output=True, text=True, check=False
+    ).stdout.split()
     assert pool not in pools
     assert not (smoke_config.parent / "state" / "pool.img").exists()

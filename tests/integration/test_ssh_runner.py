@@ -33,8 +33,10 @@ class SshRunnerTests(unittest.TestCase):
         self.dir = Path(tempfile.mkdtemp(prefix="jfssh-"))
         os.chmod(self.dir, 0o700)
         for kind in ("host", "client"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                            str(self.dir / kind)], check=True)
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.dir / kind)],
+                check=True,
+            )
         (self.dir / "authorized_keys").write_text((self.dir / "client.pub").read_text())
         self.port = free_port()
         config = self.dir / "sshd_config"
@@ -45,8 +47,10 @@ class SshRunnerTests(unittest.TestCase):
             f"PidFile {self.dir}/sshd.pid\n"
         )
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
-        self.sshd = subprocess.Popen([shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e",
-                                      "-f", str(config)], stderr=subprocess.PIPE)
+        self.sshd = subprocess.Popen(
+            [shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+            stderr=subprocess.PIPE,
+        )
         for _ in range(100):
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", self.port)) == 0:
@@ -54,9 +58,13 @@ class SshRunnerTests(unittest.TestCase):
             time.sleep(0.05)
         known = self.dir / "known_hosts"
         known.write_text(f"[127.0.0.1]:{self.port} {(self.dir / 'host.pub').read_text()}")
-        self.runner = SshRunner(LocalRunner(), "127.0.0.1", port=self.port,
-                                identity_file=str(self.dir / "client"),
-                                known_hosts=str(known))
+        self.runner = SshRunner(
+            LocalRunner(),
+            "127.0.0.1",
+            port=self.port,
+            identity_file=str(self.dir / "client"),
+            known_hosts=str(known),
+        )
 
     def tearDown(self) -> None:
         self.sshd.send_signal(signal.SIGTERM)
@@ -67,16 +75,29 @@ class SshRunnerTests(unittest.TestCase):
 
     @deferred_test
     async def test_argv_reaches_the_remote_process_exactly(self) -> None:
-        words = ["a b", "it's", '"dq"', "$HOME", "; rm -rf /tmp/nothing", "*", "", "tab\there",
-                 "new\nline", "-n"]
+        words = [
+            "a b",
+            "it's",
+            '"dq"',
+            "$HOME",
+            "; rm -rf /tmp/nothing",
+            "*",
+            "",
+            "tab\there",
+            "new\nline",
+            "-n",
+        ]
         script = 'for a in "$@"; do printf "<%s>" "$a"; done'
         result = await self.runner.run(Cmd(("sh", "-c", script, "sh", *words)))
         self.assertEqual(result.check().out, "".join(f"<{w}>" for w in words))
 
     @deferred_test
     async def test_env_stdin_exit_code_and_masked_secrets(self) -> None:
-        cmd = Cmd(("sh", "-c", 'read line; echo "$line/$TOKEN"; exit 3'), stdin=b"from stdin\n",
-                  env={"TOKEN": Secret("s3cr3t value")})
+        cmd = Cmd(
+            ("sh", "-c", 'read line; echo "$line/$TOKEN"; exit 3'),
+            stdin=b"from stdin\n",
+            env={"TOKEN": Secret("s3cr3t value")},
+        )
         result = await self.runner.run(cmd)
         self.assertEqual(result.rc, 3)
         self.assertEqual(result.out, "from stdin/s3cr3t value\n")

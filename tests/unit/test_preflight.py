@@ -5,16 +5,19 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from jailfarm.config import load_farm, parse_farm
 from jailfarm.provision.preflight import FreeBsdFacts, LinuxFacts, judge_freebsd, judge_linux
+
+from jailfarm.config import load_farm, parse_farm
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "farm.toml"
 GIB = 1 << 30
 
 LINUX_OK = LinuxFacts(
     is_root=True,
-    binaries={n: f"/usr/bin/{n}" for n in ("zfs-fuse", "unshare", "nsenter", "setpriv",
-                                            "nginx", "bmake", "git")},
+    binaries={
+        n: f"/usr/bin/{n}"
+        for n in ("zfs-fuse", "unshare", "nsenter", "setpriv", "nginx", "bmake", "git")
+    },
     dev_fuse=True,
     namespaces_ok=True,
     namespaces_error="",
@@ -25,14 +28,16 @@ LINUX_OK = LinuxFacts(
     buildbot_version="4.3.0",
 )
 
-FREEBSD = parse_farm({
-    "farm": {"platform": "freebsd"},
-    "zfs": {"pool": "zroot", "root": "zroot/jf", "reserve": "10G"},
-    "template": {"release": "14.1-RELEASE"},
-    "poudriere": {"jails": [{"name": "141amd64", "version": "14.1-RELEASE"}]},
-    "trees": [{"name": "default", "url": "https://git.FreeBSD.org/ports.git"}],
-    "signing": {"key_file": "/usr/local/etc/jailfarm/repo.key"},
-})
+FREEBSD = parse_farm(
+    {
+        "farm": {"platform": "freebsd"},
+        "zfs": {"pool": "zroot", "root": "zroot/jf", "reserve": "10G"},
+        "template": {"release": "14.1-RELEASE"},
+        "poudriere": {"jails": [{"name": "141amd64", "version": "14.1-RELEASE"}]},
+        "trees": [{"name": "default", "url": "https://git.FreeBSD.org/ports.git"}],
+        "signing": {"key_file": "/usr/local/etc/jailfarm/repo.key"},
+    }
+)
 FREEBSD_OK = FreeBsdFacts(
     is_root=True,
     jailed="0",
@@ -53,14 +58,26 @@ class LinuxJudgeTests:
         checks = judge_linux(load_farm(EXAMPLE), LINUX_OK)
         assert failed(checks) == {}
         names = [c.name for c in checks]
-        for need in ("root", "zfs-fuse", "zfs-fuse daemon", "pool jailfarm", "namespaces",
-                     "nginx", "bmake", "git", "free space", "buildbot"):
+        for need in (
+            "root",
+            "zfs-fuse",
+            "zfs-fuse daemon",
+            "pool jailfarm",
+            "namespaces",
+            "nginx",
+            "bmake",
+            "git",
+            "free space",
+            "buildbot",
+        ):
             assert need in names
 
     def test_each_missing_requirement_says_how_to_fix_it(self) -> None:
         facts = dataclasses.replace(
-            LINUX_OK, binaries={**LINUX_OK.binaries, "bmake": None, "zfs-fuse": None},
-            namespaces_ok=False, namespaces_error="unshare: Operation not permitted",
+            LINUX_OK,
+            binaries={**LINUX_OK.binaries, "bmake": None, "zfs-fuse": None},
+            namespaces_ok=False,
+            namespaces_error="unshare: Operation not permitted",
             is_root=False,
         )
         bad = failed(judge_linux(load_farm(EXAMPLE), facts))
@@ -90,12 +107,13 @@ class FreeBsdJudgeTests:
 
     def test_unloaded_modules_racct_and_jailed_host_fail_with_fixes(self) -> None:
         facts = dataclasses.replace(
-            FREEBSD_OK, modules={**FREEBSD_OK.modules, "linprocfs": False, "nullfs": False},
-            racct="0", jailed="1",
+            FREEBSD_OK,
+            modules={**FREEBSD_OK.modules, "linprocfs": False, "nullfs": False},
+            racct="0",
+            jailed="1",
         )
         bad = failed(judge_freebsd(FREEBSD, facts))
-        assert set(bad) == {"kernel module linprocfs", "kernel module nullfs", "racct",
-                            "jail host"}
+        assert set(bad) == {"kernel module linprocfs", "kernel module nullfs", "racct", "jail host"}
         assert "kldload nullfs && sysrc kld_list+=nullfs" in bad["kernel module nullfs"]
         assert "kern.racct.enable=1 >> /boot/loader.conf" in bad["racct"]
 
