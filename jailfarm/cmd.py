@@ -11,6 +11,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from jailfarm.errors import CommandFailed
+from jailfarm.names import ENV_KEY
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -113,3 +114,17 @@ class Result:
         if not self.ok:
             raise CommandFailed(self.cmd, self.rc, self.err, self.timed_out)
         return self
+
+
+def env_words(env: Mapping[str, str], prefix: str = "") -> list[str]:
+    """`PREFIXKEY=value` words for passing an environment through an argv (`env K=V`,
+    `--env=K=V`), sorted, keys validated; a `Secret` value stays a `Secret` word."""
+    words: list[str] = []
+    for key, value in sorted(env.items()):
+        word = f"{prefix}{ENV_KEY.check(key)}={_reveal(value)}"
+        words.append(Secret(word) if isinstance(value, Secret) else word)
+    return words
+
+
+def _reveal(value: str) -> str:
+    return value.reveal() if isinstance(value, Secret) else value

@@ -108,6 +108,12 @@ PROPERTY_VALUE = NameRule(
     1024,
     "letters, digits and '_.:@/+=,-' only, not empty, not starting with '-'",
 )
+ENV_KEY = NameRule(
+    "environment variable",
+    re.compile(r"[A-Za-z_][A-Za-z0-9_]*"),
+    128,
+    "a letter or '_', then letters, digits or '_'",
+)
 USER = NameRule(
     "user", re.compile(r"[a-z_][a-z0-9_-]*"), 32, "a POSIX user name (lowercase, digits, '_-')"
 )

@@ -10,7 +10,6 @@ and every failure once at warning.
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -19,7 +18,7 @@ from buildbot.util.runprocess import RunProcess
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from jailfarm.cmd import Cmd, Result, Secret
+from jailfarm.cmd import Cmd, Result, Secret, env_words
 from jailfarm.errors import InvalidName
 from jailfarm.names import HOSTNAME, USER
 
@@ -96,9 +95,6 @@ class LocalRunner:
         return result
 
 
-_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
 def _remote_word(word: str) -> str:
     quoted = shlex.quote(word.reveal() if isinstance(word, Secret) else word)
     return Secret(quoted) if isinstance(word, Secret) else quoted
@@ -135,16 +131,8 @@ class SshRunner:
 
     def wrap(self, cmd: Cmd) -> Cmd:
         """The local ssh `Cmd` that runs `cmd` remotely."""
-        remote: list[str] = []
-        for key in cmd.env:
-            if not _ENV_KEY.fullmatch(key):
-                raise InvalidName(f"invalid environment variable name {key!r}")
-        if cmd.env:
-            remote += ["env"] + [
-                _remote_word(Secret(f"{k}={v.reveal()}") if isinstance(v, Secret) else f"{k}={v}")
-                for k, v in sorted(cmd.env.items())
-            ]
-        remote += [_remote_word(a) for a in cmd.argv]
+        remote = ["env", *env_words(cmd.env)] if cmd.env else []
+        remote = [_remote_word(w) for w in (*remote, *cmd.argv)]
         argv = ("ssh", *self._opts, "--", f"{self.user}@{self.host}", *remote)
         return Cmd(argv, stdin=cmd.stdin, timeout=cmd.timeout)
 

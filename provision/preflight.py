@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from jailfarm.cmd import Cmd, Result
+from jailfarm.runner import BASE_ENV
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 Status = Literal["ok", "fail", "info"]
 
 FREEBSD_MODULES = ("tmpfs", "nullfs", "procfs", "fdescfs", "linprocfs")
-TOOLS = ("nginx", "git")
 
 
 @dataclass(frozen=True)
@@ -238,6 +238,10 @@ async def _pool_facts(runner: Runner, cfg: FarmConfig) -> tuple[bool, bool, int 
         return True, True, None
 
 
+def _which(names: tuple[str, ...]) -> dict[str, str | None]:
+    return {n: shutil.which(n, path=BASE_ENV["PATH"]) for n in names}
+
+
 async def gather_linux(runner: Runner, cfg: FarmConfig) -> LinuxFacts:
     names = ("zfs-fuse", "zfs", "zpool", "unshare", "nsenter", "setpriv", "nginx", "bmake", "git")
     ns = await _ok(runner, "unshare", "--pid", "--fork", "--mount", "--uts", "--ipc", "true")
@@ -253,10 +257,7 @@ async def gather_linux(runner: Runner, cfg: FarmConfig) -> LinuxFacts:
         probe = os.path.dirname(probe) or "/"
     return LinuxFacts(
         is_root=os.geteuid() == 0,
-        binaries={
-            n: shutil.which(n, path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-            for n in names
-        },
+        binaries=_which(names),
         dev_fuse=os.path.exists("/dev/fuse"),
         namespaces_ok=ns.ok,
         namespaces_error=ns.err.strip(),
@@ -281,10 +282,7 @@ async def gather_freebsd(runner: Runner, cfg: FarmConfig) -> FreeBsdFacts:
         jailed=await sysctl("security.jail.jailed"),
         modules=modules,
         racct=await sysctl("kern.racct.enable"),
-        binaries={
-            n: shutil.which(n, path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-            for n in names
-        },
+        binaries=_which(names),
         pool_present=present,
         pool_available=available,
     )

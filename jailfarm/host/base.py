@@ -1,4 +1,4 @@
-"""What a host platform offers the core: jail specs, jail info and the `Jails` protocol (pure).
+"""What a host platform offers the core: jail specs, jail info and the `Jails` base class (pure).
 
 The orchestration core never asks which OS it is on. It describes a jail with a `JailSpec`
 and hands it to the platform's `Jails` implementation (FreeBSD jail(8), or Linux namespaces
@@ -7,8 +7,9 @@ on the development host). Features one platform lacks are named in `capabilities
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 from jailfarm.names import HOSTNAME, JAIL
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from jailfarm.cmd import Cmd, Result
+    from jailfarm.runner import Runner
 
 # Capability names a platform may report.
 CAP_ZFS_JAILED = "zfs.jailed"  # the `jailed` property and `zfs jail` delegation
@@ -83,14 +85,24 @@ class JailInfo:
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
-class Jails(Protocol):
-    """Jail operations of one host platform. All methods may raise `JailError` or
-    `CommandFailed`; `remove` is idempotent and verifies the jail is gone."""
+class Jails(ABC):
+    """Jail operations of one host platform. Methods may raise `JailError` or `CommandFailed`;
+    `remove` is idempotent and verifies the jail is gone. `exec` is the same everywhere: the
+    platform's `exec_cmd` (jexec, or nsenter) run through the runner."""
 
+    runner: Runner
     capabilities: frozenset[str]
 
+    @abstractmethod
     async def start(self, spec: JailSpec) -> JailInfo: ...
 
+    @abstractmethod
+    async def remove(self, name: str, timeout: float | None = None) -> None: ...
+
+    @abstractmethod
+    async def list(self) -> list[JailInfo]: ...
+
+    @abstractmethod
     def exec_cmd(
         self,
         name: str,
@@ -109,8 +121,7 @@ class Jails(Protocol):
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
         stdin: bytes | None = None,
-    ) -> Result: ...
-
-    async def remove(self, name: str, timeout: float | None = None) -> None: ...
-
-    async def list(self) -> list[JailInfo]: ...
+    ) -> Result:
+        """Run a command in a running jail; the Result comes back whatever its exit code."""
+        result: Result = await self.runner.run(self.exec_cmd(name, argv, user, env, timeout, stdin))
+        return result

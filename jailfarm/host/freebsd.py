@@ -14,9 +14,16 @@ from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
-from jailfarm.cmd import Cmd, Result, Secret
+from jailfarm.cmd import Cmd, Result, env_words
 from jailfarm.errors import JailError, ParseError
-from jailfarm.host.base import CAP_NESTED, CAP_RCTL, CAP_VNET, CAP_ZFS_JAILED, JailInfo
+from jailfarm.host.base import (
+    CAP_NESTED,
+    CAP_RCTL,
+    CAP_VNET,
+    CAP_ZFS_JAILED,
+    JailInfo,
+    Jails,
+)
 from jailfarm.host.jailconf import (
     EXEC_TIMEOUT,
     check_path,
@@ -37,7 +44,6 @@ if TYPE_CHECKING:
 # exec.timeout (90 s); this bounds the whole of it when the caller gives no timeout.
 DEFAULT_REMOVE_TIMEOUT = 300.0
 FORCE_REMOVE_TIMEOUT = 60.0
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def mkdirs_cmd(*dirs: str) -> Cmd:
@@ -135,17 +141,6 @@ def parse_jls_json(text: str) -> list[JailInfo]:
     return [_jail_info(entry) for entry in jails]
 
 
-def _env_words(env: Mapping[str, str]) -> list[str]:
-    words: list[str] = []
-    for key, value in sorted(env.items()):
-        if not _ENV_NAME.fullmatch(key):
-            raise ValueError(f"invalid environment variable name {key!r}")
-        words.append(
-            Secret(f"{key}={value.reveal()}") if isinstance(value, Secret) else f"{key}={value}"
-        )
-    return words
-
-
 def jexec_cmd(
     name: str,
     argv: Sequence[str],
@@ -168,7 +163,7 @@ def jexec_cmd(
     if env:
         if "=" in argv[0]:
             raise ValueError(f"command {argv[0]!r} would be read by env(1) as an assignment")
-        words += ["/usr/bin/env", *_env_words(env)]
+        words += ["/usr/bin/env", *env_words(env)]
     return Cmd((*words, *argv), stdin=stdin, timeout=timeout)
 
 
@@ -177,7 +172,7 @@ def _tail(result: Result) -> str:
     return text or "(no output)"
 
 
-class FreeBsdJails:
+class FreeBsdJails(Jails):
     """The `Jails` protocol on a FreeBSD host.
 
     Each jail gets its own jail.conf at `<conf_dir>/<name>.conf` and console log at
@@ -259,18 +254,6 @@ class FreeBsdJails:
         stdin: bytes | None = None,
     ) -> Cmd:
         return jexec_cmd(name, argv, user=user, env=env, timeout=timeout, stdin=stdin)
-
-    async def exec(
-        self,
-        name: str,
-        argv: Sequence[str],
-        user: str | None = None,
-        env: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-        stdin: bytes | None = None,
-    ) -> Result:
-        """Run a command in a running jail; the Result is returned whatever its exit code."""
-        return await self.runner.run(self.exec_cmd(name, argv, user, env, timeout, stdin))
 
     async def remove(self, name: str, timeout: float | None = None) -> None:
         """Stop and remove jail `name`, verify with jls that it is gone, delete its conf.

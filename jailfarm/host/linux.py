@@ -11,7 +11,6 @@ reported absent in `capabilities` and skipped with a warning, never pretended.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,9 +18,9 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 import jailfarm
-from jailfarm.cmd import Cmd, Result, Secret
-from jailfarm.errors import JailError, ParseError
-from jailfarm.host.base import CAP_NESTED, JailInfo, JailSpec
+from jailfarm.cmd import Cmd, Result, env_words
+from jailfarm.errors import InvalidName, JailError, ParseError
+from jailfarm.host.base import CAP_NESTED, JailInfo, Jails, JailSpec
 from jailfarm.names import JAIL, USER
 
 if TYPE_CHECKING:
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
     from jailfarm.runner import Runner
 
 SYSTEM_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/sbin", "/etc/alternatives")
-_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def python_dirs() -> tuple[str, ...]:
@@ -44,7 +42,7 @@ def python_dirs() -> tuple[str, ...]:
     return tuple(sorted(d for d in dirs if not any(d.startswith(c + "/") for c in covered)))
 
 
-class LinuxJails:
+class LinuxJails(Jails):
     """`Jails` for the Linux development host (see module docstring)."""
 
     log = Logger()
@@ -131,28 +129,13 @@ class LinuxJails:
         args = ["exec", "--name", JAIL.check(name), "--state-dir", self.state_dir]
         if user is not None:
             args += ["--user", USER.check(user)]
-        for key, value in (env or {}).items():
-            if not _ENV_KEY.fullmatch(key):
-                raise JailError(f"invalid environment variable name {key!r}")
-            if isinstance(value, Secret):
-                args.append(Secret(f"--env={key}={value.reveal()}"))
-            else:
-                args.append(f"--env={key}={value}")
+        try:
+            args += env_words(env or {}, prefix="--env=")
+        except InvalidName as e:
+            raise JailError(str(e)) from None
         if not argv:
             raise JailError("exec needs a command")
         return self._tool(*args, "--", *argv, timeout=timeout, stdin=stdin)
-
-    async def exec(
-        self,
-        name: str,
-        argv: Sequence[str],
-        user: str | None = None,
-        env: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-        stdin: bytes | None = None,
-    ) -> Result:
-        result: Result = await self.runner.run(self.exec_cmd(name, argv, user, env, timeout, stdin))
-        return result
 
     async def remove(self, name: str, timeout: float | None = None) -> None:
         """`jail -r`, escalating to `jail -R` after `timeout`; raises if anything is left."""

@@ -6,11 +6,8 @@ import os
 import secrets
 import shutil
 import tempfile
-from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer
 from twisted.trial import unittest
 
 from jailfarm.host import zfsfuse
@@ -18,21 +15,7 @@ from jailfarm.host.linux import LinuxJails
 from jailfarm.host.thinroot import populate
 from jailfarm.host.zfs import Zfs
 from jailfarm.runner import LocalRunner
-
-if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
-
-
-def deferred_test(
-    fn: Callable[..., Coroutine[Any, Any, None]],
-) -> Callable[..., defer.Deferred[None]]:
-    """Let trial run an `async def` test method."""
-
-    @wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> defer.Deferred[None]:
-        return defer.ensureDeferred(fn(*args, **kwargs))
-
-    return run
+from tests.support import deferred_test
 
 
 def ns_members(inode: int) -> list[int]:

@@ -12,7 +12,8 @@ import sys
 from jailfarm.errors import JailError
 from jailfarm.host.base import JailSpec, Mount
 from jailfarm.host.linux import python_dirs
-from tests.integration.host import PoolTestCase, deferred_test, mounts_below, ns_members
+from tests.integration.host import PoolTestCase, mounts_below, ns_members
+from tests.support import deferred_test
 
 PY = sys.executable
 

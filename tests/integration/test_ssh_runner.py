@@ -19,7 +19,7 @@ from twisted.trial import unittest
 
 from jailfarm.cmd import Cmd, Secret
 from jailfarm.runner import LocalRunner, SshRunner
-from tests.integration.host import deferred_test
+from tests.support import deferred_test
 
 
 def free_port() -> int:

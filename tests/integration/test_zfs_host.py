@@ -8,7 +8,8 @@ from pathlib import Path
 
 from jailfarm.errors import UnsafeOperation, ZfsError
 from jailfarm.host.zfs import Zfs
-from tests.integration.host import PoolTestCase, deferred_test
+from tests.integration.host import PoolTestCase
+from tests.support import deferred_test
 
 
 class ZfsHostTests(PoolTestCase):

@@ -189,7 +189,7 @@ class ExecCmdTests:
         jails = LinuxJails(FakeRunner(), STATE, python=PY, extra_ro=())
         args = parsed(jails.exec_cmd("w1", argv, env=env))
         assert args.command == argv
-        assert args.env == [f"{k}={v}" for k, v in env.items()]
+        assert args.env == [f"{k}={v}" for k, v in sorted(env.items())]
 
     @pytest.mark.parametrize("user", ["Root", "-u", "a b", "1x", "a;b"])
     def test_user_is_validated(self, jails: LinuxJails, user: str) -> None:

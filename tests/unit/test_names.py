@@ -15,6 +15,7 @@ from jailfarm.errors import InvalidName, UnsafeOperation
 from jailfarm.names import (
     BRANCH,
     DATASET,
+    ENV_KEY,
     HOSTNAME,
     JAIL,
     ORIGIN,
@@ -44,6 +45,7 @@ RULES = {
     "USER_PROPERTY": USER_PROPERTY,
     "PROPERTY_VALUE": PROPERTY_VALUE,
     "USER": USER,
+    "ENV_KEY": ENV_KEY,
 }
 SHELL_META = set(";&|$`<>()*?[]{}'\"\\")
 
@@ -61,6 +63,7 @@ VALID = {
     # Unvalued, dashed and '-' values are accepted: a value only ever appears after "key=".
     "PROPERTY_VALUE": ["w1", "1767225600", "/mnt/farm", "a=b,c", "lz4", "x-1", "on@x+y"],
     "USER": ["root", "_pkg", "build-1", "www", "a_"],
+    "ENV_KEY": ["PATH", "_x", "a1", "HTTP_PROXY"],
 }
 INVALID = {
     "JAIL": ["", "1w", "W1", "a.b", "-a", "_a", "a b", "a/b", "a;b", "a\n", "\u00e9"],
@@ -130,6 +133,7 @@ INVALID = {
     # "" and "-": zfs prints "-" for unset; a leading "-" reads like an option.
     "PROPERTY_VALUE": ["a b", "a;b", "a\nb", "$x", "\u00e9", "a'b", "a\tb", "*", "", "-", "-1"],
     "USER": ["", "Root", "1user", "-u", "a b", "a.b", "a@b", "a$"],
+    "ENV_KEY": ["", "1A", "A-B", "A=B", "A B", "-A", "A\n", "$A"],
 }
 
 
@@ -147,6 +151,7 @@ AT_LIMIT = {
     "USER_PROPERTY": "jailfarm:" + "a" * 55,
     "PROPERTY_VALUE": "v" * 1024,
     "USER": "u" * 32,
+    "ENV_KEY": "E" * 128,
 }
 LIMITS = {
     "JAIL": 11,  # "e0b_" + name must fit IFNAMSIZ (16 with the NUL)
@@ -161,6 +166,7 @@ LIMITS = {
     "USER_PROPERTY": 64,
     "PROPERTY_VALUE": 1024,
     "USER": 32,
+    "ENV_KEY": 128,
 }
 
 

@@ -7,13 +7,11 @@ import json
 import shlex
 import sys
 import time
-from functools import wraps
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import defer
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
@@ -21,21 +19,12 @@ from twisted.trial import unittest
 from jailfarm.cmd import Cmd, Result, Secret
 from jailfarm.errors import CommandFailed, InvalidName
 from jailfarm.runner import BASE_ENV, FakeRunner, LocalRunner, RecordingRunner, SshRunner
+from tests.support import deferred_test
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from twisted.internet import defer
 
-
-def deferred_test(
-    fn: Callable[..., Coroutine[Any, Any, None]],
-) -> Callable[..., defer.Deferred[None]]:
-    """Let trial run an `async def` test method."""
-
-    @wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> defer.Deferred[None]:
-        return defer.ensureDeferred(fn(*args, **kwargs))
-
-    return run
+    pass
 
 
 def result_of(d: defer.Deferred[Result]) -> Result:
