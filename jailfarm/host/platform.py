@@ -16,7 +16,7 @@ from jailfarm.host.zfs import Zfs
 if TYPE_CHECKING:
     from jailfarm.config import FarmConfig
     from jailfarm.host.base import Jails
-    from jailfarm.runner import Runner
+    from jailfarm.runner import Runner, SshRunner
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,23 @@ class HostPlatform:
     @property
     def capabilities(self) -> frozenset[str]:
         return self.jails.capabilities
+
+
+def host_runner(cfg: FarmConfig, host_name: str, local: Runner) -> Runner:
+    """The runner for one jail host of the farm: `local` itself, or ssh through it."""
+    for host in cfg.jail_hosts:
+        if host.name == host_name:
+            if host.ssh is None:
+                return local
+            return SshRunner(local, host.ssh, user=host.ssh_user, port=host.ssh_port)
+    raise KeyError(f"no jail host named {host_name!r} in the farm config")
+
+
+def host_platforms(cfg: FarmConfig, local: Runner, clock: Any = None) -> dict[str, HostPlatform]:
+    """One `HostPlatform` per jail host, keyed by the host's name."""
+    return {
+        h.name: make_platform(cfg, host_runner(cfg, h.name, local), clock) for h in cfg.jail_hosts
+    }
 
 
 def make_platform(cfg: FarmConfig, runner: Runner, clock: Any = None) -> HostPlatform:
