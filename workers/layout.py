@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from jailfarm.config import FarmConfig
 from jailfarm.names import JAIL, SNAPSHOT_TAG
+
+if TYPE_CHECKING:
+    from jailfarm.config import FarmConfig
 
 # Lease properties on every clone (ARCHITECTURE.md "Leases").
 OWNER = "jailfarm:owner"
@@ -63,7 +66,7 @@ class WorkerSlot:
 
 def worker_slots(cfg: FarmConfig) -> tuple[WorkerSlot, ...]:
     """`max_jails` worker names per jail host, numbered across hosts: jfw1, jfw2, ..."""
-    slots = []
+    slots: list[WorkerSlot] = []
     for host in cfg.jail_hosts:
         for _ in range(host.max_jails):
             slots.append(WorkerSlot(JAIL.check(f"{cfg.prefix}w{len(slots) + 1}"), host.name))

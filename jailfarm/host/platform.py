@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from jailfarm.host.zfs import Zfs
+from jailfarm.runner import SshRunner
 
 if TYPE_CHECKING:
     from jailfarm.config import FarmConfig
     from jailfarm.host.base import Jails
-    from jailfarm.runner import Runner, SshRunner
+    from jailfarm.runner import Runner
 
 
 @dataclass(frozen=True)
