@@ -28,14 +28,32 @@ def _parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     check = cfg_sub.add_parser("check", help="validate a farm.toml, listing every error")
     check.add_argument("file")
-    for name, text in (
-        ("doctor", "check this host's requirements"),
-        ("smoke", "one worker-jail cycle: clone, jail, exec, teardown"),
-    ):
+    commands = {
+        "doctor": "check this host's requirements",
+        "smoke": "one worker-jail cycle: clone, jail, exec, teardown",
+        "up": "bring the farm up on this (Linux dev) host and run a first build",
+        "down": "stop the farm and remove what `up` made",
+        "status": "the master, worker jails with their leases, last builds",
+        "template": "worker templates: build | list | promote [GEN] | rollback",
+        "reap": "remove the farm's orphaned worker jails and clones",
+    }
+    for name, text in commands.items():
         sp = sub.add_parser(name, help=text)
         sp.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="farm.toml to use")
         if name == "smoke":
             sp.add_argument("--template", help="template snapshot to clone (FreeBSD)")
+        if name == "up":
+            sp.add_argument("--no-build", action="store_true", help="skip the first build")
+        if name == "template":
+            sp.add_argument("action", choices=("build", "list", "promote", "rollback"))
+            sp.add_argument("generation", nargs="?", help="for promote: gN (default: newest)")
+        if name == "reap":
+            sp.add_argument("--dry-run", action="store_true", help="only say what would go")
+            sp.add_argument(
+                "--all",
+                action="store_true",
+                help="everything of this farm, not only expired leases",
+            )
     return p
 
 
@@ -67,9 +85,48 @@ async def _smoke(cfg: FarmConfig, args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+async def _up(cfg: FarmConfig, args: argparse.Namespace) -> int:
+    from jailfarm.provision.devhost import DevHost
+
+    return await DevHost(cfg, args.config, LocalRunner(), _say).up(not args.no_build)
+
+
+async def _down(cfg: FarmConfig, args: argparse.Namespace) -> int:
+    from jailfarm.provision.devhost import DevHost
+
+    return await DevHost(cfg, args.config, LocalRunner(), _say).down()
+
+
+async def _status(cfg: FarmConfig, args: argparse.Namespace) -> int:
+    from jailfarm.provision.devhost import DevHost
+
+    return await DevHost(cfg, args.config, LocalRunner(), _say).status()
+
+
+async def _template(cfg: FarmConfig, args: argparse.Namespace) -> int:
+    from jailfarm.workers.template import template_command
+
+    return await template_command(cfg, LocalRunner(), args.action, args.generation, _say)
+
+
+async def _reap(cfg: FarmConfig, args: argparse.Namespace) -> int:
+    from jailfarm.workers.reaper import reap_command
+
+    return await reap_command(cfg, LocalRunner(), args.dry_run, args.all, _say)
+
+
 ASYNC: dict[str, Callable[[FarmConfig, argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "doctor": _doctor,
     "smoke": _smoke,
+    "up": _up,
+    "down": _down,
+    "status": _status,
+    "template": _template,
+    "reap": _reap,
 }
 
 

@@ -32,12 +32,19 @@ SYSTEM_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/sbin", "/etc/alternatives")
 
 
 def python_dirs() -> tuple[str, ...]:
-    """Directories the jailed Python needs: the venv, its base interpreter and, for an
-    editable install, the source checkout (all at the same paths inside the jail)."""
+    """Directories the jailed Python needs, bound at the same paths: the interpreter's prefix,
+    the venv and, for an editable install, jailfarm's package directories. The package
+    directories are bound one by one rather than the whole checkout, so the checkout's own
+    mode (often 0700) does not lock the jail's unprivileged worker user out of the venv."""
+    import jailfarm.master
+    import jailfarm.poudriere
+    import jailfarm.provision
+    import jailfarm.workers
+
     dirs = {sys.prefix, sys.base_prefix}
-    package = Path(jailfarm.__file__).resolve().parent.parent
-    if not str(package).startswith(sys.prefix):
-        dirs.add(str(package))
+    for package in (jailfarm, jailfarm.master, jailfarm.workers, jailfarm.poudriere,
+                    jailfarm.provision):
+        dirs.update(str(Path(p).resolve()) for p in package.__path__)
     covered = (*SYSTEM_DIRS, *dirs)
     return tuple(sorted(d for d in dirs if not any(d.startswith(c + "/") for c in covered)))
 

@@ -23,6 +23,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -83,9 +84,21 @@ def _bind(root: Path, host: str, jail_path: str, read_only: bool) -> None:
     else:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.touch(exist_ok=True)
+    _traversable(root, target.parent)
     _mount(str(host_path), str(target), None, MS_BIND | MS_REC)
     if read_only:
         _mount("none", str(target), None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
+
+
+def _traversable(root: Path, directory: Path) -> None:
+    """Let every user of the jail pass through the jail's directories leading to a bind mount
+    (o+x, not o+r), as they can on the host: the jail's 0700 /root would otherwise hide a
+    Python environment bound below it from the unprivileged worker user."""
+    while directory != root and root in directory.parents:
+        mode = directory.lstat().st_mode
+        if not mode & 0o001:
+            directory.chmod(stat.S_IMODE(mode) | 0o011)
+        directory = directory.parent
 
 
 def _make_dev(root: Path) -> None:

@@ -36,7 +36,13 @@ def zfs_daemon() -> Iterator[None]:
         return
     piddir = Path(tempfile.mkdtemp(prefix="jf-zfsd-"))
     pidfile = piddir / "zfs-fuse.pid"
-    subprocess.run(["zfs-fuse", "--pidfile", str(pidfile)], check=True)
+    # A daemon that is still shutting down (someone else's) holds the lock for a few seconds.
+    for _ in range(30):
+        if subprocess.run(["zfs-fuse", "--pidfile", str(pidfile)], check=False).returncode == 0:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("zfs-fuse does not start (is another daemon holding /run/lock/zfs?)")
     for _ in range(100):
         if _answers():
             break

@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from jailfarm.provision.preflight import FreeBsdFacts, LinuxFacts, judge_freebsd, judge_linux
-
 from jailfarm.config import load_farm, parse_farm
+from jailfarm.provision.preflight import FreeBsdFacts, LinuxFacts, judge_freebsd, judge_linux
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "farm.toml"
 GIB = 1 << 30

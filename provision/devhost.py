@@ -1,0 +1,366 @@
+"""`jailfarm up | down | status` on the Linux development host (adapter).
+
+`up` brings the whole farm up on this machine and runs a first build on a jail worker: the
+zfs-fuse daemon, the file-backed pool, the worker template, a Buildbot master (basedir
+`<state_dir>/master`, running the farm.toml copied next to its master.cfg) with its web UI.
+What `up` created is recorded in `<state_dir>/up.json`, so `down` removes exactly that and
+stops only the processes `up` started (by their PIDs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import treq
+from twisted.internet import task
+
+from jailfarm.cmd import Cmd
+from jailfarm.errors import FarmError
+from jailfarm.host import zfsfuse
+from jailfarm.host.platform import host_platforms, make_platform
+from jailfarm.host.zfs import Zfs
+from jailfarm.workers import layout
+from jailfarm.workers.reaper import reap_command
+from jailfarm.workers.template import current_snapshot, template_command
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from jailfarm.config import FarmConfig
+    from jailfarm.runner import Runner
+
+    Say = Callable[[str], None]
+
+FIRST_BUILDER = "jail-check"
+
+
+@dataclass
+class UpState:
+    """What `up` made, so that `down` removes exactly that."""
+
+    daemon_pidfile: str | None = None
+    pool_created: bool = False
+    root_created: bool = False
+    master_dir: str | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> UpState:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            return cls()
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self)))
+        tmp.rename(path)
+
+
+def _bin(name: str) -> str:
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+class DevHost:
+    def __init__(
+        self,
+        cfg: FarmConfig,
+        farm_toml: str,
+        runner: Runner,
+        say: Say,
+        clock: Any = None,
+        master_cfg: str | None = None,
+    ) -> None:
+        if cfg.platform != "linux-dev":
+            raise FarmError(
+                "`jailfarm up/down/status` drive the Linux development host; on "
+                "FreeBSD provision the host (see the README, 'Run it on FreeBSD')"
+            )
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.cfg, self.farm_toml, self.runner, self.say, self.clock = (
+            cfg,
+            os.path.abspath(farm_toml),
+            runner,
+            say,
+            clock,
+        )
+        self.state_path = Path(cfg.state_dir) / "up.json"
+        self.master_dir = Path(cfg.state_dir) / "master"
+        self.platform = make_platform(cfg, runner, clock)
+        self.api = f"http://{cfg.web.bind}:{cfg.web.port}/api/v2"
+        # The master.cfg to run: the packaged one unless a caller (a test) brings its own.
+        self.master_cfg = (
+            master_cfg or resources.files("jailfarm.master").joinpath("master.cfg").read_text()
+        )
+
+    # ------------------------------------------------------------------ up
+
+    async def up(self, first_build: bool = True) -> int:
+        state = UpState.load(self.state_path)
+        await self._storage(state)
+        await self._template()
+        await self._master(state)
+        if not first_build:
+            return 0
+        return await self._first_build()
+
+    async def _storage(self, state: UpState) -> None:
+        cfg = self.cfg
+        daemon = zfsfuse.ZfsFuse(
+            self.runner, Path(self.platform.run_dir) / "zfs-fuse.pid", self.clock
+        )
+        await daemon.ensure_running()
+        if daemon.started:
+            state.daemon_pidfile = str(daemon.pidfile)
+            state.save(self.state_path)
+            self.say(f"started the zfs-fuse daemon (pid file {daemon.pidfile})")
+        image = Path(cfg.zfs.pool_file or os.path.join(cfg.state_dir, "pool.img"))
+        if await zfsfuse.ensure_pool(
+            self.runner,
+            cfg.zfs.pool,
+            image,
+            cfg.zfs.pool_size or (4 << 30),
+            cfg.zfs.mountpoint or "/jf",
+        ):
+            state.pool_created = True
+            state.save(self.state_path)
+            self.say(f"created pool {cfg.zfs.pool} on {image}")
+        else:
+            self.say(f"pool {cfg.zfs.pool} is imported")
+        if not await self.platform.zfs.exists(cfg.zfs.root):
+            await self.platform.zfs.create(cfg.zfs.root, parents=True)
+            state.root_created = True
+            state.save(self.state_path)
+        if not await self.platform.zfs.exists(layout.jails_dataset(cfg)):
+            await self.platform.zfs.create(layout.jails_dataset(cfg), parents=True)
+
+    async def _template(self) -> None:
+        try:
+            snap = await current_snapshot(self.platform.zfs, self.cfg)
+            self.say(f"worker template: {snap}")
+        except FarmError:
+            rc = await template_command(self.cfg, self.runner, "build", None, self.say)
+            if rc:
+                raise FarmError("building the worker template failed (see above)") from None
+
+    async def _master(self, state: UpState) -> None:
+        basedir = self.master_dir
+        if self._master_pid() is not None:
+            self.say(f"master already running (pid {self._master_pid()}) in {basedir}")
+            return
+        if not (basedir / "buildbot.tac").exists():
+            (
+                await self.runner.run(
+                    Cmd(
+                        (
+                            _bin("buildbot"),
+                            "create-master",
+                            "--quiet",
+                            "--relocatable",
+                            str(basedir),
+                        ),
+                        timeout=300,
+                    )
+                )
+            ).check()
+        state.master_dir = str(basedir)
+        state.save(self.state_path)
+        (basedir / "master.cfg").write_text(self.master_cfg)
+        shutil.copyfile(self.farm_toml, basedir / "farm.toml")
+        (
+            await self.runner.run(
+                Cmd((_bin("buildbot"), "upgrade-master", str(basedir)), timeout=300)
+            )
+        ).check()
+        t = time.monotonic()
+        start = await self.runner.run(Cmd((_bin("buildbot"), "start", str(basedir)), timeout=120))
+        if not start.ok:
+            log = (
+                (basedir / "twistd.log").read_text(errors="replace")[-3000:]
+                if (basedir / "twistd.log").exists()
+                else ""
+            )
+            raise FarmError(f"the master did not start: {start.out.strip()}\n{log}")
+        await self._wait_api()
+        self.say(
+            f"master started in {time.monotonic() - t:.1f} s (pid {self._master_pid()}); "
+            f"web UI on http://{self.cfg.web.bind}:{self.cfg.web.port}/ "
+            f"(public URL {self.cfg.web.url})"
+        )
+
+    def _master_pid(self) -> int | None:
+        try:
+            pid = int((self.master_dir / "twistd.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if zfsfuse._pid_alive(pid) else None
+
+    async def _get(self, path: str) -> Any:
+        response = await treq.get(f"{self.api}/{path}", timeout=10)
+        if response.code != 200:
+            raise FarmError(f"GET {path}: HTTP {response.code}")
+        return await response.json()
+
+    async def _wait_api(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self._get("builders")
+                return
+            except Exception as e:
+                if time.monotonic() > deadline:
+                    raise FarmError(f"the master's API at {self.api} does not answer: {e}") from e
+            await task.deferLater(self.clock, 0.3, lambda: None)
+
+    async def force(
+        self,
+        builder: str,
+        reason: str,
+        scheduler: str = "force",
+        props: dict[str, str] | None = None,
+    ) -> int:
+        """Force a build through the REST API; the build request id."""
+        params = {
+            "builderNames": [builder],
+            "reason": reason,
+            "username": "jailfarm <jailfarm@jailfarm.invalid>",
+            **(props or {}),
+        }
+        body = {"jsonrpc": "2.0", "method": "force", "id": 1, "params": params}
+        response = await treq.post(f"{self.api}/forceschedulers/{scheduler}", json=body, timeout=30)
+        answer = await response.json()
+        if "error" in answer:
+            raise FarmError(f"force {builder}: {answer['error'].get('message')}")
+        _, requests = answer["result"]
+        return int(next(iter(requests.values())))
+
+    async def wait_build(self, request_id: int, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            builds = (await self._get(f"buildrequests/{request_id}/builds"))["builds"]
+            request = (await self._get(f"buildrequests/{request_id}"))["buildrequests"][0]
+            if builds and builds[-1]["complete"]:
+                return dict(builds[-1])
+            if request["complete"] and not builds:
+                raise FarmError(
+                    f"build request {request_id} ended without a build "
+                    f"(results {request['results']})"
+                )
+            await task.deferLater(self.clock, 0.5, lambda: None)
+        raise FarmError(f"build request {request_id} did not finish within {timeout:.0f} s")
+
+    async def _first_build(self) -> int:
+        t = time.monotonic()
+        request = await self.force(FIRST_BUILDER, "jailfarm up: first build on a jail worker")
+        self.say(f"forced {FIRST_BUILDER} (build request {request}); waiting for a worker jail")
+        build = await self.wait_build(request, self.cfg.workers.attach_timeout + 120)
+        steps = (await self._get(f"builds/{build['buildid']}/steps"))["steps"]
+        for step in steps:
+            self.say(f"  step {step['name']}: {step['state_string']}")
+        where = next((s for s in steps if s["name"] == "where"), None)
+        if where is not None:
+            logs = (await self._get(f"steps/{where['stepid']}/logs"))["logs"]
+            if logs:
+                response = await treq.get(f"{self.api}/logs/{logs[0]['logid']}/raw", timeout=10)
+                text = (await response.text()).strip().splitlines()
+                for line in [
+                    t
+                    for t in text
+                    if not t.startswith(
+                        (
+                            " ",
+                            "Builder:",
+                            "Build number:",
+                            "Worker name:",
+                            "sh -c",
+                            "program finished",
+                            "elapsedTime",
+                        )
+                    )
+                ][:4]:
+                    self.say(f"    | {line}")
+        ok = build["results"] == 0
+        self.say(
+            f"build {build['buildid']} on worker {build.get('workerid')} "
+            f"{'succeeded' if ok else 'FAILED: ' + build['state_string']} "
+            f"in {time.monotonic() - t:.1f} s"
+        )
+        return 0 if ok else 1
+
+    # ------------------------------------------------------------------ status
+
+    async def status(self) -> int:
+        pid = self._master_pid()
+        self.say(
+            f"master: {'running, pid ' + str(pid) if pid else 'not running'} ({self.master_dir})"
+        )
+        now = time.time()
+        for host, platform in host_platforms(self.cfg, self.runner, self.clock).items():
+            clones = [
+                d
+                for d in await platform.zfs.list(
+                    layout.jails_dataset(self.cfg), layout.LEASE_PROPERTIES, depth=1
+                )
+                if d.name != layout.jails_dataset(self.cfg) and d.type == "filesystem"
+            ]
+            alive = {j.name for j in await platform.jails.list()}
+            self.say(f"jail host {host}: {len(clones)} worker jail(s)")
+            for d in clones:
+                jail = d.name.rsplit("/", 1)[1]
+                expires = int(d.user.get(layout.EXPIRES, "0") or 0)
+                self.say(
+                    f"  {jail:<12} build {d.user.get(layout.BUILD, '?'):<6} "
+                    f"{'running' if jail in alive else 'no jail'}  lease "
+                    f"{'expired' if expires < now else f'{expires - now:.0f} s left'}  "
+                    f"{d.used // (1 << 20)} MiB written"
+                )
+        if pid:
+            builds = (await self._get("builds?order=-buildid&limit=5"))["builds"]
+            self.say(f"last builds ({len(builds)}):")
+            for b in builds:
+                self.say(f"  #{b['buildid']} builder {b['builderid']}: {b['state_string']}")
+        return 0
+
+    # ------------------------------------------------------------------ down
+
+    async def down(self) -> int:
+        state = UpState.load(self.state_path)
+        pid = self._master_pid()
+        if pid is not None:
+            (
+                await self.runner.run(
+                    Cmd((_bin("buildbot"), "stop", str(self.master_dir)), timeout=120)
+                )
+            ).check()
+            self.say(f"stopped the master (pid {pid})")
+        if await zfsfuse.pool_exists(self.runner, self.cfg.zfs.pool):
+            await reap_command(self.cfg, self.runner, False, True, self.say)
+            if state.pool_created:
+                image = Path(self.cfg.zfs.pool_file or os.path.join(self.cfg.state_dir, "pool.img"))
+                await zfsfuse.destroy_pool(self.runner, self.cfg.zfs.pool, image, self.clock)
+                self.say(f"destroyed pool {self.cfg.zfs.pool} and {image}")
+            elif state.root_created and self.cfg.zfs.root != self.cfg.zfs.pool:
+                await Zfs(self.runner, self.cfg.zfs.pool, self.clock).destroy(
+                    self.cfg.zfs.root, recursive=True
+                )
+                self.say(f"destroyed {self.cfg.zfs.root} and everything below it")
+        if state.master_dir:
+            shutil.rmtree(state.master_dir, ignore_errors=True)
+            self.say(f"removed the master directory {state.master_dir}")
+        if state.daemon_pidfile:
+            daemon = zfsfuse.ZfsFuse(
+                self.runner, Path(state.daemon_pidfile), self.clock, started=True
+            )
+            await daemon.stop()
+            self.say("stopped the zfs-fuse daemon")
+        self.state_path.unlink(missing_ok=True)
+        return 0

@@ -1,0 +1,175 @@
+"""Jail latent workers through a real Buildbot master on the dev host (issue: latent workers).
+
+Every claim is checked on the host itself: `zfs get` for clones and leases, /proc for the
+jails' namespaces, the master's REST API for build results and the reasons it shows.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import treq
+from twisted.internet import reactor, task
+
+from jailfarm.provision.devhost import UpState
+from jailfarm.workers import layout
+from tests.integration.farm import FarmTestCase
+from tests.integration.host import mounts_below, ns_members
+from tests.support import deferred_test
+
+RETRY = 5
+
+
+async def sleep(seconds: float) -> None:
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+class _Helpers(FarmTestCase):
+    async def clones(self) -> dict[str, dict[str, str]]:
+        top = layout.jails_dataset(self.cfg)
+        found = await self.host.platform.zfs.list(top, layout.LEASE_PROPERTIES, depth=1)
+        return {
+            d.name.rsplit("/", 1)[1]: dict(d.user)
+            for d in found
+            if d.name != top and d.type == "filesystem"
+        }
+
+    async def jails(self) -> dict[str, Any]:
+        return {j.name: j for j in await self.host.platform.jails.list()}
+
+    async def until(self, what: str, check: Any, timeout: float = 60) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = await check()
+            if value:
+                return value
+            await sleep(0.25)
+        self.fail(f"timed out after {timeout}s waiting for {what}\n{self.master_log()[-3000:]}")
+
+    async def first_build(self, request: int) -> dict[str, Any]:
+        async def done() -> Any:
+            builds = (await self.get(f"buildrequests/{request}/builds"))["builds"]
+            return builds[0] if builds and builds[0]["complete"] else None
+
+        return dict(await self.until(f"build of request {request}", done, 120))
+
+    async def cancel(self, request: int) -> None:
+        body = {"jsonrpc": "2.0", "method": "cancel", "id": 1, "params": {}}
+        await treq.post(f"{self.host.api}/buildrequests/{request}", json=body, timeout=10)
+
+    async def preparation_log(self, buildid: int) -> str:
+        steps = (await self.get(f"builds/{buildid}/steps"))["steps"]
+        prep = next(s for s in steps if s["name"] == "worker_preparation")
+        text = []
+        for log in (await self.get(f"steps/{prep['stepid']}/logs"))["logs"]:
+            response = await treq.get(f"{self.host.api}/logs/{log['logid']}/raw", timeout=10)
+            text.append(await response.text())
+        return "\n".join(text)
+
+    async def nothing_left(self) -> None:
+        async def empty() -> bool:
+            return not await self.clones() and not await self.jails()
+
+        await self.until("teardown of every worker jail", empty, 30)
+        jails_mnt = f"{self.mountpoint}/demo/jails"
+        self.assertEqual([m for m in mounts_below(jails_mnt) if m != jails_mnt], [])
+
+
+class LatentWorkerTests(_Helpers):
+    @deferred_test
+    async def test_two_builds_at_once_get_two_jails_and_leave_nothing(self) -> None:
+        requests = [
+            await self.host.force("hold", "test", "force-hold", {"hold": "6"}) for _ in range(2)
+        ]
+
+        async def both_running() -> Any:
+            jails, clones = await self.jails(), await self.clones()
+            return (jails, clones) if len(jails) == 2 and len(clones) == 2 else None
+
+        jails, clones = await self.until("two worker jails", both_running, 90)
+        self.assertEqual(set(jails), set(clones))
+        self.assertEqual(set(jails), {"jfw1", "jfw2"})
+        inodes = {int(j.extra["pidns"]) for j in jails.values()}
+        self.assertEqual(len(inodes), 2)  # two distinct pid namespaces
+        for lease in clones.values():
+            self.assertEqual(lease[layout.OWNER], "demo")
+            self.assertGreater(int(lease[layout.EXPIRES]), time.time())
+        builds = [await self.first_build(r) for r in requests]
+        self.assertEqual([b["results"] for b in builds], [0, 0])
+        self.assertEqual(
+            {str(b["buildid"]) for b in builds}, {lease[layout.BUILD] for lease in clones.values()}
+        )
+        await self.nothing_left()
+        for inode in inodes:
+            self.assertEqual(ns_members(inode), [])
+
+    @deferred_test
+    async def test_master_killed_mid_build_orphans_are_reaped_and_build_not_lost(self) -> None:
+        request = await self.host.force("hold", "test", "force-hold", {"hold": "300"})
+        clones = await self.until("a worker jail", self.clones, 90)
+        ((orphan, lease),) = clones.items()
+        pid = self.host._master_pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await self.until("the master to die", self._master_dead, 10)
+        self.assertIn(orphan, await self.jails())  # left behind by the dead master
+        await self.host._master(UpState.load(self.host.state_path))  # restart
+
+        async def orphan_gone() -> bool:
+            lease_now = (await self.clones()).get(orphan, {})
+            return lease_now.get(layout.BUILD) != lease[layout.BUILD]
+
+        await self.until("the orphaned jail of the killed build to go", orphan_gone, 90)
+        old = (await self.get(f"builds/{lease[layout.BUILD]}"))["builds"][0]
+        request_now = (await self.get(f"buildrequests/{request}"))["buildrequests"][0]
+        # Never lost silently: the interrupted build is marked, and its request retried.
+        self.assertTrue(old["complete"])
+        self.assertEqual(old["results"], RETRY)
+        builds = (await self.get(f"buildrequests/{request}/builds"))["builds"]
+        self.assertTrue(len(builds) >= 2 or request_now["complete"], (builds, request_now))
+        await self.cancel(request)
+        for build in builds:
+            if not build["complete"]:
+                body = {"jsonrpc": "2.0", "method": "stop", "id": 1, "params": {}}
+                await treq.post(f"{self.host.api}/builds/{build['buildid']}", json=body)
+        await self.nothing_left()
+
+    async def _master_dead(self) -> bool:
+        return self.host._master_pid() is None
+
+
+class WorkerThatNeverAttachesTests(_Helpers):
+    master_host = "127.0.0.2"  # the master listens on 127.0.0.1 only: the worker cannot attach
+    attach_timeout = 6
+
+    @deferred_test
+    async def test_torn_down_within_the_timeout_and_the_reason_is_shown(self) -> None:
+        t = time.monotonic()
+        request = await self.host.force("jail-check", "test")
+        await self.until("a worker jail", self.clones, 60)
+        build = await self.first_build(request)
+        elapsed = time.monotonic() - t
+        await self.cancel(request)
+        self.assertEqual(build["results"], RETRY)
+        self.assertLess(elapsed, self.attach_timeout + 30)
+        log = await self.preparation_log(build["buildid"])
+        self.assertIn("TimeoutError", log)
+        await self.nothing_left()
+
+
+class PoolBelowReserveTests(_Helpers):
+    reserve = "1000M"  # the 1G test pool has about 980 MiB available
+
+    @deferred_test
+    async def test_no_clone_and_a_clear_error_naming_pool_and_figures(self) -> None:
+        request = await self.host.force("jail-check", "test")
+        build = await self.first_build(request)
+        await self.cancel(request)
+        self.assertEqual(build["results"], RETRY)
+        log = await self.preparation_log(build["buildid"])
+        self.assertIn(f"space guard: pool {self.cfg.zfs.pool} on jail host local has", log)
+        self.assertIn("below the reserve of 1000 MiB", log)
+        self.assertEqual(await self.clones(), {})

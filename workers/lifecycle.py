@@ -1,0 +1,85 @@
+"""A worker jail's life: start it for a build, tear it down after (shell, through the platform).
+
+`start_worker_jail` and `teardown_worker_jail` are what `JailLatentWorker` runs; they take the
+platform, so the FreeBSD command sequence is tested as golden argv with a FakeRunner and the
+Linux one for real.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.logger import Logger
+
+from jailfarm.errors import FarmError
+from jailfarm.workers import layout, workerplan
+from jailfarm.workers.template import current_snapshot
+
+if TYPE_CHECKING:
+    from jailfarm.config import FarmConfig
+    from jailfarm.host.platform import HostPlatform
+
+log = Logger()
+
+
+async def start_worker_jail(
+    platform: HostPlatform,
+    cfg: FarmConfig,
+    name: str,
+    host: str,
+    master: tuple[str, int],
+    password: str,
+    buildid: int | None,
+    now: float,
+) -> None:
+    """Space guard, clone with lease, buildbot.tac, jail, buildbot-worker: raises `FarmError`
+    (or `CommandFailed`/`JailError`, both FarmErrors) with the reason on any failure."""
+    zfs, jails = platform.zfs, platform.jails
+    # A leftover of this worker (a master killed mid-build) would block the clone.
+    await teardown_worker_jail(platform, cfg, name, fast=True)
+    available = await zfs.available(cfg.zfs.root)
+    if available < cfg.zfs.reserve:
+        raise FarmError(workerplan.below_reserve(cfg, host, available))
+    snapshot = await current_snapshot(zfs, cfg)
+    clone = layout.clone_dataset(cfg, name)
+    await zfs.clone(snapshot, clone, workerplan.lease(cfg, name, host, buildid, now))
+    info = await zfs.info(clone)
+    if info is None or not info.mountpoint:
+        raise FarmError(f"clone {clone} has no mountpoint")
+    tac = workerplan.worker_tac(master[0], master[1], name, password)
+    for cmd in workerplan.write_worker_files(info.mountpoint, tac):
+        (await jails.runner.run(cmd)).check()
+    await jails.start(workerplan.jail_spec(cfg, name, info.mountpoint))
+    started = await jails.exec(
+        name, workerplan.start_worker_argv(platform.name), user=workerplan.WORKER_USER, timeout=60
+    )
+    if not started.ok:
+        detail = (started.err or started.out).strip()[-800:]
+        raise FarmError(f"buildbot-worker did not start in jail {name}: {detail}")
+    log.info(
+        "worker jail {name} started from {snap} for build {b}", name=name, snap=snapshot, b=buildid
+    )
+
+
+async def teardown_worker_jail(
+    platform: HostPlatform, cfg: FarmConfig, name: str, fast: bool
+) -> None:
+    """Remove the jail (grace period unless `fast`), destroy the clone (busy retries), and
+    check that neither is left. Idempotent; refuses a clone another farm owns."""
+    zfs, jails = platform.zfs, platform.jails
+    clone = layout.clone_dataset(cfg, name)
+    if any(j.name == name for j in await jails.list()):
+        await jails.remove(name, timeout=2 if fast else 10)
+    info = await zfs.info(clone, layout.LEASE_PROPERTIES)
+    if info is not None:
+        owner = info.user.get(layout.OWNER)
+        if owner != cfg.name:
+            raise FarmError(
+                f"{clone} belongs to {owner!r}, not to this farm ({cfg.name!r}); "
+                "two farms must not share a prefix on one jail host"
+            )
+        await zfs.destroy(clone)
+    still_jailed = any(j.name == name for j in await jails.list())
+    if still_jailed or await zfs.exists(clone):
+        what = f"jail {name}" if still_jailed else clone
+        raise FarmError(f"worker {name}: teardown left {what}; the reaper will retry")
