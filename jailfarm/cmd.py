@@ -112,7 +112,8 @@ class Result:
     def check(self) -> Result:
         """Return self if the command succeeded, else raise `CommandFailed`."""
         if not self.ok:
-            raise CommandFailed(self.cmd, self.rc, self.err, self.timed_out)
+            # Some tools (buildbot's own commands among them) report errors on stdout.
+            raise CommandFailed(self.cmd, self.rc, self.err or self.out, self.timed_out)
         return self
 
 

@@ -157,6 +157,8 @@ class DevHost:
         if self._master_pid() is not None:
             self.say(f"master already running (pid {self._master_pid()}) in {basedir}")
             return
+        # A master killed with SIGKILL leaves its pid file; buildbot refuses to start over it.
+        (basedir / "twistd.pid").unlink(missing_ok=True)
         if not (basedir / "buildbot.tac").exists():
             (
                 await self.runner.run(
@@ -205,10 +207,21 @@ class DevHost:
         return pid if zfsfuse._pid_alive(pid) else None
 
     async def _get(self, path: str) -> Any:
-        response = await treq.get(f"{self.api}/{path}", timeout=10)
+        response = await treq.get(f"{self.api}/{path}", timeout=10, persistent=False)
         if response.code != 200:
             raise FarmError(f"GET {path}: HTTP {response.code}")
         return await response.json()
+
+    async def rpc(self, path: str, method: str, **params: Any) -> Any:
+        """A JSON-RPC control call on the REST API (cancel a request, stop a build...)."""
+        body = {"jsonrpc": "2.0", "method": method, "id": 1, "params": params}
+        response = await treq.post(f"{self.api}/{path}", json=body, timeout=30, persistent=False)
+        return await response.json()
+
+    async def raw_log(self, logid: int) -> str:
+        response = await treq.get(f"{self.api}/logs/{logid}/raw", timeout=10, persistent=False)
+        text: str = await response.text()
+        return text
 
     async def _wait_api(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -236,7 +249,9 @@ class DevHost:
             **(props or {}),
         }
         body = {"jsonrpc": "2.0", "method": "force", "id": 1, "params": params}
-        response = await treq.post(f"{self.api}/forceschedulers/{scheduler}", json=body, timeout=30)
+        response = await treq.post(
+            f"{self.api}/forceschedulers/{scheduler}", json=body, timeout=30, persistent=False
+        )
         answer = await response.json()
         if "error" in answer:
             raise FarmError(f"force {builder}: {answer['error'].get('message')}")
@@ -270,7 +285,9 @@ class DevHost:
         if where is not None:
             logs = (await self._get(f"steps/{where['stepid']}/logs"))["logs"]
             if logs:
-                response = await treq.get(f"{self.api}/logs/{logs[0]['logid']}/raw", timeout=10)
+                response = await treq.get(
+                    f"{self.api}/logs/{logs[0]['logid']}/raw", timeout=10, persistent=False
+                )
                 text = (await response.text()).strip().splitlines()
                 for line in [
                     t

@@ -1,11 +1,8 @@
-"""The reaper: finds the farm's leftover worker jails and clones and removes them.
+"""The reaper: removes the farm's leftover worker jails and clones (ARCHITECTURE.md "Leases").
 
-`plan_reap` is the pure core: from a survey of one jail host (clones under `<root>/jails`,
-running jails) and what the master knows about builds, it decides what goes and why. `reap`
-executes a plan through the host platform, `gather` surveys a host, `ReaperService` runs a
-sweep at master start and periodically, and `reap_command` is `jailfarm reap`.
-Safety rule: only what we can prove is ours is removed: a clone carrying our `jailfarm:owner`,
-and a jail running from where our clone is (or would be) mounted.
+`plan_reap` is the pure core (what goes and why); `gather`/`reap` survey and act on one jail
+host, `ReaperService` sweeps from the master and `reap_command` is `jailfarm reap`. Only what
+is provably ours goes: a clone carrying our `jailfarm:owner`, a jail running from our clone.
 """
 
 from __future__ import annotations
@@ -52,7 +49,6 @@ _ORDER: dict[str, int] = {"remove_jail": 0, "destroy_clone": 1, "leave": 2}
 _VERBS = {
     "remove_jail": ("remove", "removed", "jail"),
     "destroy_clone": ("destroy", "destroyed", "clone"),
-    "leave": ("leave", "left", "alone"),
 }
 # Latent worker states in which the worker's jail is being made, used or torn down by the
 # master itself (buildbot worker/latent.py `States`): the reaper keeps out of its way.
@@ -139,7 +135,7 @@ def _number(text: str | None) -> float | None:
 def _leaf(ds: Dataset, parent: str, prefix: str) -> str | None:
     """The jail name of a clone directly below `parent` that starts with `prefix`, else None."""
     head, sep, leaf = ds.name.partition(parent + "/")
-    if head or not sep or "/" in leaf or "@" in leaf or ds.type != "filesystem":
+    if head or not sep or "/" in leaf or "@" in leaf:
         return None
     return leaf if leaf.startswith(prefix) and _valid_jail(leaf) else None
 
@@ -226,6 +222,8 @@ def _clone_plan(
         return [ReapAction("leave", ds.name, "unowned", name)]
     if holder != owner or reason is None:
         return []  # another farm's (masters may share a jail host), or still in use
+    if ds.type != "filesystem":  # a volume, say: nothing the farm makes there
+        return [ReapAction("leave", ds.name, f"a {ds.type}, not a clone", name)]
     lease = tuple(sorted(ds.user.items()))
     destroy = ReapAction("destroy_clone", ds.name, reason, name, ds.name, lease)
     if jail is None:

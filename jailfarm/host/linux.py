@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
-import jailfarm
 from jailfarm.cmd import Cmd, Result, env_words
 from jailfarm.errors import InvalidName, JailError, ParseError
 from jailfarm.host.base import CAP_NESTED, JailInfo, Jails, JailSpec
@@ -42,8 +41,13 @@ def python_dirs() -> tuple[str, ...]:
     import jailfarm.workers
 
     dirs = {sys.prefix, sys.base_prefix}
-    for package in (jailfarm, jailfarm.master, jailfarm.workers, jailfarm.poudriere,
-                    jailfarm.provision):
+    for package in (
+        jailfarm,
+        jailfarm.master,
+        jailfarm.workers,
+        jailfarm.poudriere,
+        jailfarm.provision,
+    ):
         dirs.update(str(Path(p).resolve()) for p in package.__path__)
     covered = (*SYSTEM_DIRS, *dirs)
     return tuple(sorted(d for d in dirs if not any(d.startswith(c + "/") for c in covered)))

@@ -11,7 +11,6 @@ import signal
 import time
 from typing import Any
 
-import treq
 from twisted.internet import reactor, task
 
 from jailfarm.provision.devhost import UpState
@@ -57,16 +56,14 @@ class _Helpers(FarmTestCase):
         return dict(await self.until(f"build of request {request}", done, 120))
 
     async def cancel(self, request: int) -> None:
-        body = {"jsonrpc": "2.0", "method": "cancel", "id": 1, "params": {}}
-        await treq.post(f"{self.host.api}/buildrequests/{request}", json=body, timeout=10)
+        await self.host.rpc(f"buildrequests/{request}", "cancel")
 
     async def preparation_log(self, buildid: int) -> str:
         steps = (await self.get(f"builds/{buildid}/steps"))["steps"]
         prep = next(s for s in steps if s["name"] == "worker_preparation")
         text = []
         for log in (await self.get(f"steps/{prep['stepid']}/logs"))["logs"]:
-            response = await treq.get(f"{self.host.api}/logs/{log['logid']}/raw", timeout=10)
-            text.append(await response.text())
+            text.append(await self.host.raw_log(log["logid"]))
         return "\n".join(text)
 
     async def nothing_left(self) -> None:
@@ -75,7 +72,11 @@ class _Helpers(FarmTestCase):
 
         await self.until("teardown of every worker jail", empty, 30)
         jails_mnt = f"{self.mountpoint}/demo/jails"
-        self.assertEqual([m for m in mounts_below(jails_mnt) if m != jails_mnt], [])
+
+        async def unmounted() -> bool:
+            return not [m for m in mounts_below(jails_mnt) if m != jails_mnt]
+
+        await self.until(f"no mounts below {jails_mnt}", unmounted, 10)
 
 
 class LatentWorkerTests(_Helpers):
@@ -133,8 +134,7 @@ class LatentWorkerTests(_Helpers):
         await self.cancel(request)
         for build in builds:
             if not build["complete"]:
-                body = {"jsonrpc": "2.0", "method": "stop", "id": 1, "params": {}}
-                await treq.post(f"{self.host.api}/builds/{build['buildid']}", json=body)
+                await self.host.rpc(f"builds/{build['buildid']}", "stop")
         await self.nothing_left()
 
     async def _master_dead(self) -> bool:

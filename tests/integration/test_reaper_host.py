@@ -136,7 +136,9 @@ class ReaperHostTests(PoolTestCase):
         assert self.alive() == {"jfw1", "jfw2", "jfw3"}
         lines.clear()
         # Without a master only expired leases go: jfw2 (lease valid) stays though not busy.
-        assert await reap_command(self.cfg, self.runner, False, False, lines.append) == 0, "\n".join(lines)
+        assert await reap_command(self.cfg, self.runner, False, False, lines.append) == 0, (
+            "\n".join(lines)
+        )
         assert lines[-1] == "reap: 3 action(s) done, 0 failed, 1 left alone"
         assert await self.clones() == {"jfw2", "jfw3", "jfw5"}
         assert self.alive() == {"jfw2", "jfw3"}

@@ -238,7 +238,8 @@ class PlanTests:
             clone("x", name=f"{JR}/jf.bad", **old),
         ]
         jails = [jail("w1"), jail("jfw1.b01", f"{MNT}/jfw1.b01")]
-        assert plan(datasets, jails, build_state={}) == []
+        actions = plan(datasets, jails, build_state={})
+        assert [a.line() for a in actions] == [f"{JR}/jfvol: a volume, not a clone, left alone"]
 
     def test_a_name_listed_twice_is_left_alone(self) -> None:
         datasets = [clone("jfw1", expires=EARLIER), clone("jfw1", owner=OTHER, expires=EARLIER)]
