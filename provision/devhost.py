@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -349,16 +350,23 @@ class DevHost:
 
     # ------------------------------------------------------------------ down
 
+    async def _stop_master(self, pid: int) -> None:
+        """`buildbot stop`, which waits only 10 s; a master still tearing down worker jails may
+        need longer, so wait for the PID, and only then kill that PID (the one `up` started)."""
+        await self.runner.run(Cmd((_bin("buildbot"), "stop", str(self.master_dir)), timeout=120))
+        for _ in range(600):
+            if not zfsfuse._pid_alive(pid):
+                self.say(f"stopped the master (pid {pid})")
+                return
+            await task.deferLater(self.clock, 0.1, lambda: None)
+        os.kill(pid, signal.SIGKILL)
+        self.say(f"the master (pid {pid}) did not stop within 60 s: killed it")
+
     async def down(self) -> int:
         state = UpState.load(self.state_path)
         pid = self._master_pid()
         if pid is not None:
-            (
-                await self.runner.run(
-                    Cmd((_bin("buildbot"), "stop", str(self.master_dir)), timeout=120)
-                )
-            ).check()
-            self.say(f"stopped the master (pid {pid})")
+            await self._stop_master(pid)
         if await zfsfuse.pool_exists(self.runner, self.cfg.zfs.pool):
             await reap_command(self.cfg, self.runner, False, True, self.say)
             if state.pool_created:

@@ -21,6 +21,7 @@ from jailfarm.host.base import JailSpec
 from jailfarm.host.linux import python_dirs
 from jailfarm.host.platform import make_platform
 from jailfarm.host.thinroot import populate
+from jailfarm.workers import layout, workerplan
 
 if TYPE_CHECKING:
     from jailfarm.config import FarmConfig
@@ -95,12 +96,11 @@ class Smoke:
     async def _cycle(self, snapshot: str) -> None:
         cfg, zfs, jails = self.cfg, self.platform.zfs, self.platform.jails
         name = f"{cfg.prefix}smoke"
-        clone = f"{cfg.zfs.root}/{name}"
-        lease = {
-            "jailfarm:owner": cfg.name,
-            "jailfarm:build": "smoke",
-            "jailfarm:expires": str(int(time.time()) + cfg.workers.lease),
-        }
+        clone = layout.clone_dataset(cfg, name)
+        if not await zfs.exists(layout.jails_dataset(cfg)):
+            await zfs.create(layout.jails_dataset(cfg), parents=True)
+        lease = workerplan.lease(cfg, name, "local", None, time.time())
+        lease[layout.BUILD] = "smoke"
         available = await zfs.available(cfg.zfs.root)
         if available < cfg.zfs.reserve:
             raise FarmError(

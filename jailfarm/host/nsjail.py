@@ -4,12 +4,13 @@ Run as `python -m jailfarm.host.nsjail start|exec|stop|list ...` through a `Runn
 jail(8)/jexec(8) on FreeBSD. A jail is a PID-namespace init (this module's `_init`, PID 1 of
 new pid, mount, uts and ipc namespaces, optionally net) made with unshare(1). The init
 bind-mounts the host's system directories and the Python environment read-only into the root,
-mounts a fresh /proc and a small /dev, sets the hostname, chroots and then only reaps children
-until told to stop. `exec` enters it with nsenter(1) after checking that the recorded PID still
-is that jail (same pid-namespace inode), so a recycled PID is never entered. `stop` is
-`jail -r` (SIGTERM to everything, grace period) escalating to `jail -R` (SIGKILL of the init:
-the kernel kills every process of the namespace, and its mounts vanish with it); it then checks
-that no process of the namespace is left. Facts: shared/spec/linux-dev-host.md.
+mounts a fresh /proc and a small /dev, sets the hostname, pivots into the root (dropping every
+other mount) and then only reaps children until told to stop. `exec` enters it with nsenter(1)
+after checking that the recorded PID still is that jail (same pid-namespace inode), so a
+recycled PID is never entered. `stop` is `jail -r` (SIGTERM to everything, grace period)
+escalating to `jail -R` (SIGKILL of the init: the kernel kills every process of the namespace,
+and its mounts vanish with it); it then checks that no process of the namespace is left.
+Facts: shared/spec/linux-dev-host.md.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 JAIL_NAME_MAX = 11
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_REC = 32, 4096, 16384
+MNT_DETACH = 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 DEFAULT_SYSTEM_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/sbin", "/etc/alternatives")
 
@@ -88,6 +91,25 @@ def _bind(root: Path, host: str, jail_path: str, read_only: bool) -> None:
     _mount(str(host_path), str(target), None, MS_BIND | MS_REC)
     if read_only:
         _mount("none", str(target), None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
+
+
+def _pivot(root: Path) -> None:
+    """Make `root` the jail's / and drop every other mount from the jail's namespace.
+
+    unshare(1) copies the host's whole mount table, including the zfs-fuse mounts of every
+    other worker's clone; a jail that kept those copies would keep those clones "busy" until it
+    exited. pivot_root(".", ".") then a lazy unmount of the old root (pivot_root(2) NOTES)
+    leaves only the jail's own tree.
+    """
+    number = SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is None:
+        raise NsJailError(f"pivot_root: unsupported machine {os.uname().machine}")
+    os.chdir(root)
+    if _libc.syscall(number, b".", b".") != 0:
+        raise NsJailError(f"pivot_root into {root}: {os.strerror(ctypes.get_errno())}")
+    if _libc.umount2(b".", MNT_DETACH) != 0:
+        raise NsJailError(f"detaching the old root: {os.strerror(ctypes.get_errno())}")
+    os.chdir("/")
 
 
 def _traversable(root: Path, directory: Path) -> None:
@@ -185,6 +207,8 @@ def _init(args: argparse.Namespace) -> int:
     try:
         host_pid = int(os.readlink("/proc/self"))  # still the host's /proc: our host PID
         root = Path(args.root).resolve()
+        if not os.path.ismount(root):  # pivot_root needs the new root to be a mount point
+            _mount(str(root), str(root), None, MS_BIND | MS_REC)
         for host_dir in args.system_dir:
             _bind(root, host_dir, host_dir, read_only=True)
         for spec in args.bind_ro:
@@ -204,8 +228,7 @@ def _init(args: argparse.Namespace) -> int:
         socket.sethostname(args.hostname)
         if args.private_network:
             _loopback_up()
-        os.chroot(root)
-        os.chdir("/")
+        _pivot(root)
         inode = os.stat("/proc/self/ns/pid").st_ino
     except Exception as e:
         ready.write(f"error {e}\n")

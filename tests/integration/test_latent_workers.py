@@ -110,8 +110,16 @@ class LatentWorkerTests(_Helpers):
     @deferred_test
     async def test_master_killed_mid_build_orphans_are_reaped_and_build_not_lost(self) -> None:
         request = await self.host.force("hold", "test", "force-hold", {"hold": "300"})
-        clones = await self.until("a worker jail", self.clones, 90)
-        ((orphan, lease),) = clones.items()
+
+        async def building() -> Any:
+            builds = (await self.get(f"buildrequests/{request}/builds"))["builds"]
+            if not builds:
+                return None
+            steps = (await self.get(f"builds/{builds[0]['buildid']}/steps"))["steps"]
+            return any(s["name"] == "hold" and s["started_at"] for s in steps)
+
+        await self.until("the build to run in its jail", building, 90)
+        ((orphan, lease),) = (await self.clones()).items()
         pid = self.host._master_pid()
         assert pid is not None
         os.kill(pid, signal.SIGKILL)

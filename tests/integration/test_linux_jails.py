@@ -150,3 +150,21 @@ class LinuxJailTests(PoolTestCase):
         with self.assertRaises(JailError) as ctx:
             await self.jails.start(JailSpec(name="w1", path=path, hostname="w1.test"))
         self.assertIn("already exists", str(ctx.exception))
+
+
+class JailMountIsolationTests(PoolTestCase):
+    @deferred_test
+    async def test_a_running_jail_does_not_hold_another_jails_clone(self) -> None:
+        # Jail a2 starts while a1's clone is mounted; without pivot_root, a2's copy of the mount
+        # table kept a1's clone busy until a2 exited.
+        path1 = await self.clone("a1")
+        await self.jails.start(JailSpec(name="a1", path=path1, hostname="a1.test"))
+        path2 = await self.clone("a2")
+        await self.jails.start(JailSpec(name="a2", path=path2, hostname="a2.test"))
+        r = (await self.jails.exec("a2", ["sh", "-c", "cat /proc/mounts"])).check()
+        self.assertNotIn(path1, r.out)
+        self.assertNotIn(path2, r.out)  # its own root shows as /, nothing of the host's paths
+        await self.jails.remove("a1")
+        await self.zfs.destroy(f"{self.root}/a1", attempts=4)
+        self.assertFalse(await self.zfs.exists(f"{self.root}/a1"))
+        self.assertEqual((await self.jails.exec("a2", ["hostname"])).check().out.strip(), "a2.test")
