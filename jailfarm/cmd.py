@@ -79,6 +79,17 @@ class Cmd:
     def __repr__(self) -> str:
         return f"Cmd({self})"
 
+    def mask(self, text: str) -> str:
+        """`text` (a command's output) with every secret of this command replaced by ***."""
+        for value in (*self.argv, *self.env.values()):
+            if isinstance(value, Secret):
+                plain = value.reveal()
+                # A KEY=secret word: mask the bare secret too.
+                for hidden in (plain, plain.partition("=")[2]):
+                    if hidden:
+                        text = text.replace(hidden, "***")
+        return text
+
     def revealed_argv(self) -> list[str]:
         """The argv as the process must see it (secrets unmasked); for runners only."""
         return [a.reveal() if isinstance(a, Secret) else a for a in self.argv]

@@ -18,7 +18,7 @@ class CommandFailed(FarmError):
     def __init__(self, cmd: Cmd, rc: int, stderr: str, timed_out: bool = False) -> None:
         self.cmd = cmd
         self.rc = rc
-        self.stderr_tail = stderr[-2000:]
+        self.stderr_tail = cmd.mask(stderr)[-2000:]
         self.timed_out = timed_out
         what = f"timed out after {cmd.timeout}s" if timed_out else f"exited {rc}"
         tail = self.stderr_tail.strip()

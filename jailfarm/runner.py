@@ -90,7 +90,7 @@ class LocalRunner:
                 rc=result.rc,
                 t=result.timed_out,
                 cmd=str(cmd),
-                err=result.err[-500:],
+                err=cmd.mask(result.err)[-500:],
             )
         return result
 

@@ -196,3 +196,13 @@ class ErrorMessageTests:
         assert str(err) == (
             "farm.toml: 2 error(s):\n  - [zfs] root is missing\n  - [jails] x: bad name"
         )
+
+
+def test_command_failed_masks_secrets_echoed_in_its_output() -> None:
+    cmd = Cmd(("tool", Secret("--password=s3cret")), env={"TOKEN": Secret("t0k3n")})
+    failed = Result(cmd, 2, b"", b"bad password s3cret for token t0k3n").check
+    with pytest.raises(CommandFailed) as info:
+        failed()
+    assert "s3cret" not in str(info.value)
+    assert "t0k3n" not in str(info.value)
+    assert "bad password *** for token ***" in str(info.value)
