@@ -308,7 +308,7 @@ class DevHost:
                     self.say(f"    | {line}")
         ok = build["results"] == 0
         self.say(
-            f"build {build['buildid']} on worker {build.get('workerid')} "
+            f"build {build['buildid']} "
             f"{'succeeded' if ok else 'FAILED: ' + build['state_string']} "
             f"in {time.monotonic() - t:.1f} s"
         )

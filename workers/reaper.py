@@ -1,17 +1,13 @@
-"""The reaper: removes the farm's leftover worker jails and clones (ARCHITECTURE.md "Leases").
-
-`plan_reap` is the pure core (what goes and why); `gather`/`reap` survey and act on one jail
-host, `ReaperService` sweeps from the master and `reap_command` is `jailfarm reap`. Only what
-is provably ours goes: a clone carrying our `jailfarm:owner`, a jail running from our clone.
+"""The reaper at work: `gather` surveys and `reap` acts on one jail host (shell),
+`ReaperService` sweeps from the master and `reap_command` is `jailfarm reap` (adapters). What
+goes and why is decided by `reapplan`.
 """
 
 from __future__ import annotations
 
-import posixpath
 import time
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from buildbot import config as bbconfig
 from buildbot.util.service import BuildbotService
@@ -21,35 +17,30 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from jailfarm.config import load_farm
-from jailfarm.errors import FarmError, InvalidName
+from jailfarm.errors import FarmError
 from jailfarm.host.platform import host_platforms
-from jailfarm.names import JAIL
 from jailfarm.runner import LocalRunner
-from jailfarm.workers.layout import BUILD, EXPIRES, LEASE_PROPERTIES, OWNER, jails_dataset
+from jailfarm.workers.layout import BUILD, LEASE_PROPERTIES, OWNER, jails_dataset
+from jailfarm.workers.reapplan import (
+    NOT_A_BUILD,
+    RUNNING,
+    ReapAction,
+    ReapReport,
+    Survey,
+    build_state_of,
+    in_order,
+    plan_for,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping
 
     from jailfarm.config import FarmConfig
-    from jailfarm.host.base import JailInfo
     from jailfarm.host.platform import HostPlatform
-    from jailfarm.host.zfs import Dataset
     from jailfarm.runner import Runner
 
 log = Logger()
 
-ActionKind = Literal["remove_jail", "destroy_clone", "leave"]
-# Build states in `build_state`; an id that is absent is "unknown to this master".
-FINISHED = "finished"
-RUNNING = "running"
-# A lease whose build is not a master build id (`smoke`, `none`): only its expiry ends it.
-NOT_A_BUILD = "not-a-build"
-# Plan and execution order: a jail is removed before its clone can be destroyed.
-_ORDER: dict[str, int] = {"remove_jail": 0, "destroy_clone": 1, "leave": 2}
-_VERBS = {
-    "remove_jail": ("remove", "removed", "jail"),
-    "destroy_clone": ("destroy", "destroyed", "clone"),
-}
 # Latent worker states in which the worker's jail is being made, used or torn down by the
 # master itself (buildbot worker/latent.py `States`): the reaper keeps out of its way.
 _BUSY_STATES = frozenset(
@@ -67,202 +58,6 @@ REAP_HELP = (
 )
 
 
-@dataclass(frozen=True)
-class ReapAction:
-    """One decision of the reaper. `target` is a jail name (`remove_jail`) or a dataset
-    (`destroy_clone`, `leave`); `jail` is the jail name it concerns. `lease` is the clone's
-    lease as planned: the executor re-reads it and skips the action if it changed, because a
-    worker name is reused as soon as its previous jail is gone."""
-
-    kind: ActionKind
-    target: str
-    reason: str
-    jail: str
-    clone: str | None = None
-    lease: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def destructive(self) -> bool:
-        return self.kind != "leave"
-
-    def line(self, dry_run: bool = False) -> str:
-        """What was done (or, in a dry run, would be), for the operator."""
-        if self.kind == "leave":
-            return f"{self.target}: {self.reason}, left alone"
-        verb, done, what = _VERBS[self.kind]
-        return f"{f'would {verb}' if dry_run else done} {what} {self.target}: {self.reason}"
-
-    def failure(self, error: str) -> str:
-        verb, _, what = _VERBS[self.kind]
-        return f"FAILED to {verb} {what} {self.target} ({self.reason}): {error}"
-
-
-def _lease_reason(
-    lease: Mapping[str, str],
-    now: float,
-    build_state: Mapping[str, str] | None,
-    busy: bool,
-    everything: bool,
-) -> str | None:
-    """Why one of our clones goes, or None if it stays. Rule: an expired lease always ends
-    it; a busy worker's clone is otherwise kept; without build knowledge (`None`, the CLI)
-    only expiry counts."""
-    if everything:
-        return "farm going down"
-    expires = _number(lease.get(EXPIRES))
-    if expires is not None and expires < now:
-        return f"lease expired {now - expires:.0f} s ago"
-    if busy or build_state is None:
-        return None
-    build = lease.get(BUILD, "")
-    state = build_state.get(build)
-    if not build:
-        reason: str | None = "its lease names no build"
-    elif state is None:
-        reason = f"build {build} unknown to this master"
-    else:
-        reason = f"build {build} finished" if state == FINISHED else None
-    return reason
-
-
-def _number(text: str | None) -> float | None:
-    try:
-        return float(text) if text is not None else None
-    except ValueError:
-        return None
-
-
-def _leaf(ds: Dataset, parent: str, prefix: str) -> str | None:
-    """The jail name of a clone directly below `parent` that starts with `prefix`, else None."""
-    head, sep, leaf = ds.name.partition(parent + "/")
-    if head or not sep or "/" in leaf or "@" in leaf:
-        return None
-    return leaf if leaf.startswith(prefix) and _valid_jail(leaf) else None
-
-
-def _valid_jail(name: str) -> bool:
-    try:
-        JAIL.check(name)
-    except InvalidName:
-        return False
-    return True
-
-
-def _clones(
-    datasets: Iterable[Dataset], parent: str, prefix: str
-) -> tuple[dict[str, Dataset], set[str]]:
-    """Candidate clones by jail name, and the names listed more than once in any form (a
-    confused listing: never touched)."""
-    listed = list(datasets)
-    seen = Counter(d.name for d in listed)
-    clones: dict[str, Dataset] = {}
-    twice: set[str] = set()
-    for ds in listed:
-        leaf = _leaf(ds, parent, prefix)
-        if leaf is not None:
-            clones[leaf] = ds
-            if seen[ds.name] > 1:
-                twice.add(leaf)
-    return clones, twice
-
-
-def _rooted(jail: JailInfo, where: str | None) -> bool:
-    return where is not None and posixpath.normpath(jail.path) == posixpath.normpath(where)
-
-
-def plan_reap(
-    owner: str,
-    prefix: str,
-    datasets: Sequence[Dataset],
-    jails: Sequence[JailInfo],
-    now: float,
-    build_state: Mapping[str, str] | None,
-    busy: frozenset[str] = frozenset(),
-    everything: bool = False,
-    *,
-    jails_dataset: str,
-    jails_mountpoint: str | None = None,
-) -> list[ReapAction]:
-    """Decide what goes on one jail host: jail removals first, then clone destroys, then
-    `leave` notes for what looks like ours but cannot be proven so.
-
-    Considered: clones directly below `jails_dataset` and jails, both named `<prefix>...`.
-    A clone owned by another farm is never touched, nor is a jail of the same name; an
-    unowned clone is left alone with a note. Our clone goes when its lease expired, its build
-    finished, its build is unknown (`build_state` has no entry) and its worker is not `busy`,
-    or `everything`. A jail goes with its clone, and only if it runs from the clone's
-    mountpoint. A jail without a clone goes (unless busy) only if it runs from
-    `<jails_mountpoint>/<name>`. `build_state=None` means no master to ask (the CLI): only
-    expired leases count, and jails without a clone are noted, not removed.
-    """
-    clones, twice = _clones(datasets, jails_dataset, prefix)
-    running = {j.name: j for j in jails if j.name.startswith(prefix) and _valid_jail(j.name)}
-    plan: list[ReapAction] = []
-    for name in sorted(set(clones) | set(running)):
-        ds, jail = clones.get(name), running.get(name)
-        if name in twice:
-            plan.append(ReapAction("leave", f"{jails_dataset}/{name}", "listed twice", name))
-        elif ds is not None:
-            reason = None
-            if ds.user.get(OWNER) == owner:
-                reason = _lease_reason(ds.user, now, build_state, name in busy, everything)
-            plan += _clone_plan(owner, ds, jail, name, reason)
-        elif jail is not None:
-            where = posixpath.join(jails_mountpoint, name) if jails_mountpoint else None
-            plan += _orphan_plan(jail, where, build_state, name in busy, everything)
-    # sorted() is stable: per kind, the order of names stays.
-    return sorted(plan, key=lambda a: _ORDER[a.kind])
-
-
-def _clone_plan(
-    owner: str, ds: Dataset, jail: JailInfo | None, name: str, reason: str | None
-) -> list[ReapAction]:
-    holder = ds.user.get(OWNER)
-    if holder is None:
-        return [ReapAction("leave", ds.name, "unowned", name)]
-    if holder != owner or reason is None:
-        return []  # another farm's (masters may share a jail host), or still in use
-    if ds.type != "filesystem":  # a volume, say: nothing the farm makes there
-        return [ReapAction("leave", ds.name, f"a {ds.type}, not a clone", name)]
-    lease = tuple(sorted(ds.user.items()))
-    destroy = ReapAction("destroy_clone", ds.name, reason, name, ds.name, lease)
-    if jail is None:
-        return [destroy]
-    if not _rooted(jail, ds.mountpoint):
-        why = f"runs from {jail.path}, not from its clone's mountpoint {ds.mountpoint}"
-        return [ReapAction("leave", f"jail {name}", why, name)]
-    return [ReapAction("remove_jail", name, reason, name, ds.name, lease), destroy]
-
-
-def _orphan_plan(
-    jail: JailInfo,
-    where: str | None,
-    build_state: Mapping[str, str] | None,
-    busy: bool,
-    everything: bool,
-) -> list[ReapAction]:
-    """A jail named like ours without a clone: no lease to go by. It goes only where a clone
-    of ours would be mounted, and (the master being asked) not while its worker is busy."""
-    name = jail.name
-    if not everything and build_state is None:
-        why = "a jail without a clone or lease (the master's reaper or --all removes it)"
-        return [ReapAction("leave", f"jail {name}", why, name)]
-    if not everything and busy:
-        return []
-    if not _rooted(jail, where):
-        why = f"a jail without a clone, running from {jail.path}, not {where}"
-        return [ReapAction("leave", f"jail {name}", why, name)]
-    reason = "farm going down" if everything else "its clone is gone"
-    return [ReapAction("remove_jail", name, reason, name)]
-
-
-def build_state_of(build: Mapping[str, Any] | None) -> str | None:
-    """A build as the data API returns it -> its state for `plan_reap` (None: unknown)."""
-    if build is None:
-        return None
-    return FINISHED if build.get("complete") else RUNNING
-
-
 def busy_workers(workers: Iterable[Any]) -> frozenset[str]:
     """Names of the master's workers whose jail the master is making, using or tearing down:
     a latent worker in one of `_BUSY_STATES`, or any worker with a live connection."""
@@ -274,30 +69,6 @@ def busy_workers(workers: Iterable[Any]) -> frozenset[str]:
 
 
 # ---------------------------------------------------------------------- executor (shell)
-
-
-@dataclass(frozen=True)
-class ReapReport:
-    """What one sweep of one host did: `done` (or would do, in a dry run), `failed` with the
-    error, `left` (notes and actions skipped because their target changed meanwhile)."""
-
-    dry_run: bool
-    done: tuple[ReapAction, ...] = ()
-    failed: tuple[tuple[ReapAction, str], ...] = ()
-    left: tuple[ReapAction, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def summary(self) -> str:
-        if not (self.done or self.failed or self.left):
-            return "reap: nothing to do"
-        verb = "would run" if self.dry_run else "done"
-        return (
-            f"reap{' (dry run)' if self.dry_run else ''}: {len(self.done)} action(s) {verb}, "
-            f"{len(self.failed)} failed, {len(self.left)} left alone"
-        )
 
 
 @dataclass
@@ -350,7 +121,7 @@ async def reap(
     before each destructive action (the service: "is that worker busy now?"). A dry run runs
     no command at all."""
     tally = _Tally()
-    for action in sorted(actions, key=lambda a: _ORDER[a.kind]):
+    for action in in_order(actions):
         skipped: str | None = None
         if not action.destructive:
             skipped = action.reason
@@ -367,7 +138,7 @@ async def reap(
                 log.warn("reaper: {line}", line=action.failure(str(e)))
                 continue
         if skipped is not None:
-            left = action if not action.destructive else _skipped(action, skipped)
+            left = action if not action.destructive else action.left_alone(skipped)
             tally.left.append(left)
             say(left.line())
             log.info("reaper: {line}", line=left.line())
@@ -376,21 +147,6 @@ async def reap(
         say(action.line(dry_run))
         log.info("reaper: {line}", line=action.line(dry_run))
     return ReapReport(dry_run, tuple(tally.done), tuple(tally.failed), tuple(tally.left))
-
-
-def _skipped(action: ReapAction, why: str) -> ReapAction:
-    target = f"jail {action.target}" if action.kind == "remove_jail" else action.target
-    return ReapAction("leave", target, why, action.jail)
-
-
-@dataclass(frozen=True)
-class Survey:
-    """One jail host as `gather` saw it: our jails dataset's children, the running jails, and
-    where the jails dataset is mounted (None if it does not exist or is not mounted)."""
-
-    datasets: tuple[Dataset, ...]
-    jails: tuple[JailInfo, ...]
-    mountpoint: str | None
 
 
 async def gather(platform: HostPlatform, cfg: FarmConfig) -> Survey:
@@ -404,29 +160,6 @@ async def gather(platform: HostPlatform, cfg: FarmConfig) -> Survey:
     mountpoint = next((d.mountpoint for d in listed if d.name == parent and d.mounted), None)
     datasets = tuple(d for d in listed if d.name != parent and "@" not in d.name)
     return Survey(datasets, jails, mountpoint)
-
-
-def plan_for(
-    cfg: FarmConfig,
-    survey: Survey,
-    now: float,
-    build_state: Mapping[str, str] | None,
-    busy: frozenset[str] = frozenset(),
-    everything: bool = False,
-) -> list[ReapAction]:
-    """`plan_reap` for this farm over one host's survey."""
-    return plan_reap(
-        cfg.name,
-        cfg.prefix,
-        survey.datasets,
-        survey.jails,
-        now,
-        build_state,
-        busy,
-        everything,
-        jails_dataset=jails_dataset(cfg),
-        jails_mountpoint=survey.mountpoint,
-    )
 
 
 async def reap_command(

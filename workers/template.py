@@ -1,42 +1,55 @@
-"""Worker templates: the generations `@gN` of `<root>/templates/worker`, the `jailfarm:current`
-pointer new workers are cloned from, and building, listing, promoting, rolling back and pruning
-them on every jail host.
+"""Worker templates on every jail host: reading the state, building, listing, promoting,
+rolling back and pruning generations, and `jailfarm template` (shell). The Linux dev host's
+template is written with file operations on the dataset's mountpoint, FreeBSD's with commands.
 
-The state parser, the planners, the secret rules and the FreeBSD command plan are pure;
-`clear_tree`, `remove_secrets` and the `async` functions are the shell (the Linux dev host's
-template is written with file operations on the dataset's mountpoint, FreeBSD's with commands).
-
-Rules: a build snapshots the next generation and makes it current only when there is no usable
+Rule: a build snapshots the next generation and makes it current only when there is no usable
 current generation; later generations go live with `promote`, after testing (`jailfarm smoke
 --template DS@gN`), because every mistake in a template spreads to every clone (jails spec
-c.67). A generation that is current or has live clones is never destroyed (gotcha 22).
+c.67).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import posixpath
 import re
 import shutil
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
 from jailfarm.cmd import Cmd
-from jailfarm.errors import CommandFailed, FarmError, ParseError, UnsafeOperation
+from jailfarm.errors import CommandFailed, FarmError, UnsafeOperation
 from jailfarm.host import thinroot
 from jailfarm.host.platform import host_platforms
 from jailfarm.host.zfs import MISSING, get_cmd, parse_get
 from jailfarm.host.zfsfuse import NOT_RUNNING
-from jailfarm.names import DATASET, snapshot_name
-from jailfarm.workers.layout import CURRENT, generation_number, generation_tag, templates_dataset
+from jailfarm.names import snapshot_name
+from jailfarm.workers.errors import TemplateError
+from jailfarm.workers.layout import CURRENT, templates_dataset
+from jailfarm.workers.templatefill import (
+    check_mountpoint,
+    is_secret,
+    parse_uname,
+    plan_freebsd_cleanup,
+    plan_freebsd_fill,
+    secret_clean_cmd,
+)
+from jailfarm.workers.templateplan import (
+    STATE_PROPERTIES,
+    PointerMove,
+    TemplateState,
+    current_generation,
+    format_state,
+    parse_state,
+    plan_promote,
+    plan_prune,
+    plan_rollback,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable
 
     from jailfarm.config import FarmConfig
     from jailfarm.host.platform import HostPlatform
@@ -48,348 +61,11 @@ if TYPE_CHECKING:
 log = Logger()
 
 ACTIONS = ("build", "list", "promote", "rollback")
-STATE_PROPERTIES = ("type", "origin", "creation", CURRENT)
 # zfs destroy's answer when a snapshot gained a clone after we looked (destroy_cmd never uses -R).
 DEPENDENT_CLONES = "has dependent clones"
-BUILD_HINT = "run `jailfarm template build`"
-PROMOTE_HINT = "run `jailfarm template promote [GEN]`"
 
 
-class TemplateError(FarmError):
-    """A template operation cannot proceed: nothing built yet, unknown generation, nothing to
-    roll back to, pool missing. The message says what to run."""
-
-
-# ---- state (pure) ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One template generation: snapshot `<template>@gN`, its creation time (epoch seconds)
-    and the datasets cloned from it."""
-
-    number: int
-    snapshot: str
-    created: int
-    clones: tuple[str, ...] = ()
-
-    @property
-    def tag(self) -> str:
-        return generation_tag(self.number)
-
-
-@dataclass(frozen=True)
-class TemplateState:
-    """The template dataset of one jail host: whether it exists, the generations (oldest
-    first) and the `jailfarm:current` tag (None if unset; it may name a vanished snapshot)."""
-
-    dataset: str
-    exists: bool = False
-    current: str | None = None
-    generations: tuple[Generation, ...] = ()
-
-    def find(self, tag: str) -> Generation | None:
-        return next((g for g in self.generations if g.tag == tag), None)
-
-    @property
-    def live(self) -> Generation | None:
-        """The current generation if the pointer names one that exists."""
-        return self.find(self.current) if self.current else None
-
-    @property
-    def next_tag(self) -> str:
-        # Past the pointer too, so a tag the pointer still names is never reused.
-        numbers = [g.number for g in self.generations]
-        numbers.append(generation_number(self.current or "") or 0)
-        return generation_tag(max(numbers) + 1)
-
-
-def parse_state(dataset: str, rows: Mapping[str, Mapping[str, str]]) -> TemplateState:
-    """Build the state from `zfs get -H -p -o name,property,value` rows of STATE_PROPERTIES,
-    read recursively from the farm root (so clones below `<root>/jails` are seen) or at depth 1
-    from the template (no clones). Snapshots not named `gN` are not generations. Snapshots
-    inherit `jailfarm:current`, so only the dataset's own row counts."""
-    DATASET.check(dataset)
-    if dataset not in rows:
-        return TemplateState(dataset)
-    clones: dict[str, list[str]] = {}
-    for name, props in rows.items():
-        origin = props.get("origin", "-")
-        if origin not in ("-", ""):
-            clones.setdefault(origin, []).append(name)
-    generations = []
-    for name, props in rows.items():
-        base, at, tag = name.partition("@")
-        number = generation_number(tag) if at and base == dataset else None
-        if number is not None:
-            created = _created(name, props)
-            generations.append(
-                Generation(
-                    number, name, created, tuple(sorted(clones[name])) if name in clones else ()
-                )
-            )
-    current = rows[dataset].get(CURRENT, "-")
-    return TemplateState(
-        dataset,
-        exists=True,
-        current=None if current in ("-", "") else current,
-        generations=tuple(sorted(generations, key=lambda g: g.number)),
-    )
-
-
-def _created(name: str, props: Mapping[str, str]) -> int:
-    value = props.get("creation", "-")
-    if not value.isdigit():
-        raise ParseError("zfs get", 0, f"{name}\tcreation\t{value}", "expected epoch seconds")
-    return int(value)
-
-
-# ---- planners (pure) ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PointerMove:
-    """Moving `jailfarm:current` on `dataset` from `old` to `new` (no-op when equal)."""
-
-    dataset: str
-    old: str | None
-    new: str
-
-    @property
-    def changed(self) -> bool:
-        return self.old != self.new
-
-    def describe(self) -> str:
-        if not self.changed:
-            return f"{self.new} is already current"
-        return f"current: {self.old or 'none'} -> {self.new}"
-
-
-def _need_generations(state: TemplateState) -> None:
-    if not state.generations:
-        raise TemplateError(f"no worker template built yet ({state.dataset}): {BUILD_HINT}")
-
-
-def _known(state: TemplateState) -> str:
-    return ", ".join(g.tag for g in state.generations)
-
-
-def plan_promote(state: TemplateState, tag: str | None = None) -> PointerMove:
-    """Point `current` at generation `tag` ("gN" or "N"), or at the newest when None."""
-    _need_generations(state)
-    if tag is None:
-        target = state.generations[-1]
-    else:
-        number = generation_number(tag) or generation_number(f"g{tag}")
-        found = state.find(generation_tag(number)) if number else None
-        if found is None:
-            raise TemplateError(
-                f"unknown template generation {tag!r}; {state.dataset} has {_known(state)}"
-            )
-        target = found
-    return PointerMove(state.dataset, state.current, target.tag)
-
-
-def plan_rollback(state: TemplateState) -> PointerMove:
-    """Point `current` at the newest generation older than the current one."""
-    _need_generations(state)
-    live = state.live
-    if live is None:
-        what = f"{state.current}, which no longer exists" if state.current else "nothing"
-        raise TemplateError(
-            f"cannot roll back: current points to {what} ({state.dataset}); {PROMOTE_HINT}"
-        )
-    older = [g for g in state.generations if g.number < live.number]
-    if not older:
-        raise TemplateError(
-            f"nothing to roll back to: {live.tag} is the oldest generation of {state.dataset}"
-        )
-    return PointerMove(state.dataset, state.current, older[-1].tag)
-
-
-def plan_prune(state: TemplateState, keep: int) -> tuple[str, ...]:
-    """Snapshots to destroy, oldest first: every generation except the newest `keep`, the
-    current one and any with live clones (a clone depends on its origin; jails spec c.65)."""
-    if keep < 0:
-        raise ValueError(f"keep must be >= 0, got {keep}")
-    newest = {g.number for g in state.generations[-keep:]} if keep else set()
-    return tuple(
-        g.snapshot
-        for g in state.generations
-        if g.number not in newest and g.tag != state.current and not g.clones
-    )
-
-
-def format_state(state: TemplateState) -> list[str]:
-    """`list` lines, newest first: `g3  2026-11-23 23:40 UTC  current  2 clones`."""
-    if not state.generations:
-        return [f"no worker template built yet ({state.dataset}): {BUILD_HINT}"]
-    lines = []
-    for g in reversed(state.generations):
-        when = datetime.fromtimestamp(g.created, UTC).strftime("%Y-%m-%d %H:%M UTC")
-        mark = "current" if g.tag == state.current else "-"
-        count = f"{len(g.clones)} clone{'' if len(g.clones) == 1 else 's'}"
-        lines.append(f"{g.tag:<5} {when}  {mark:<7}  {count}")
-    if state.current is None:
-        lines.append(f"no current generation: {PROMOTE_HINT}")
-    elif state.live is None:
-        lines.append(f"current points to {state.current}, which no longer exists: {PROMOTE_HINT}")
-    return lines
-
-
-# ---- secrets (pure rules) -------------------------------------------------------------------
-
-# What must not reach a clone (jails spec c.68, gotcha 23; ARCHITECTURE "Secrets"): SSH host
-# keys, known_hosts and client keys, the worker's buildbot.tac (it holds the worker password),
-# password files and any `*.key` (a signing key). Paths are relative to the template root;
-# `*` also matches '/', in fnmatch and in find(1)'s -path alike.
-SECRET_PATHS = (
-    "etc/ssh/*key*",
-    "root/.ssh/known_hosts",
-    "root/.ssh/id_*",
-    "home/*/.ssh/known_hosts",
-    "home/*/.ssh/id_*",
-)
-SECRET_NAMES = ("buildbot.tac", "*.key", "*.password")
-
-
-def is_secret(relpath: str) -> bool:
-    """Whether a file at `relpath` (relative to a template root) must be removed."""
-    name = posixpath.basename(relpath)
-    return any(fnmatch.fnmatchcase(relpath, p) for p in SECRET_PATHS) or any(
-        fnmatch.fnmatchcase(name, n) for n in SECRET_NAMES
-    )
-
-
-_MOUNTPOINT = re.compile(r"(/[A-Za-z0-9_.:-]+)+")
-
-
-def check_mountpoint(mountpoint: str | None, root_mountpoint: str | None) -> str:
-    """The template's mountpoint, if it is a plain absolute path strictly below the farm
-    root's mountpoint; anything else would let a clean step empty a host directory."""
-    ok = (
-        mountpoint is not None
-        and root_mountpoint is not None
-        and _MOUNTPOINT.fullmatch(mountpoint) is not None
-        and posixpath.normpath(mountpoint) == mountpoint
-        and mountpoint.startswith(root_mountpoint.rstrip("/") + "/")
-    )
-    if not ok or mountpoint is None:
-        raise UnsafeOperation(
-            f"refusing to write the template at mountpoint {mountpoint!r}: expected a plain "
-            f"path below the farm root's mountpoint {root_mountpoint!r}"
-        )
-    return mountpoint
-
-
-def secret_clean_cmd(mountpoint: str) -> Cmd:
-    """find(1) that prints and deletes every secret below `mountpoint`, on one filesystem
-    (`-x`), never a directory, never following symlinks (find's default -P)."""
-    expr: list[str] = []
-    for p in SECRET_PATHS:
-        expr += ["-o", "-path", f"{mountpoint}/{p}"]
-    for n in SECRET_NAMES:
-        expr += ["-o", "-name", n]
-    return Cmd(
-        ("find", "-x", mountpoint, "(", *expr[1:], ")", "!", "-type", "d", "-print", "-delete")
-    )
-
-
-# ---- the FreeBSD build plan (pure) ----------------------------------------------------------
-
-MIRROR = "https://download.FreeBSD.org"
-_RELEASE = re.compile(
-    r"([0-9]+\.[0-9]+-(RELEASE|STABLE|CURRENT|PRERELEASE|ALPHA[0-9]+|BETA[0-9]+|"
-    r"RC[0-9]+))(-p[0-9]+)?"
-)
-_MACHINE = re.compile(r"[a-z0-9_]{1,16}")
-
-
-def parse_uname(text: str) -> tuple[str, str]:
-    """`uname -m -p` on FreeBSD: hw.machine and hw.machine_arch, e.g. ('arm64', 'aarch64')."""
-    words = text.split()
-    if len(words) != 2 or not all(_MACHINE.fullmatch(w) for w in words):
-        raise ParseError("uname -m -p", 1, text.strip(), "expected MACHINE MACHINE_ARCH")
-    return words[0], words[1]
-
-
-def base_url(release: str, machine: str, machine_arch: str) -> str:
-    """base.txz of `release` on the FreeBSD mirror. A patch level (-pN) is not a directory
-    there: its base is X.Y-RELEASE. STABLE/CURRENT/PRERELEASE builds live in snapshots/."""
-    m = _RELEASE.fullmatch(release)
-    if m is None or not _MACHINE.fullmatch(machine) or not _MACHINE.fullmatch(machine_arch):
-        raise ValueError(f"cannot name base.txz for {release!r} on {machine}/{machine_arch}")
-    tree = "snapshots" if m.group(2) in ("STABLE", "CURRENT", "PRERELEASE") else "releases"
-    return f"{MIRROR}/{tree}/{machine}/{machine_arch}/{m.group(1)}/base.txz"
-
-
-def plan_freebsd_fill(
-    mountpoint: str,
-    release: str,
-    machine: str,
-    machine_arch: str,
-    packages: Iterable[str],
-    cache_dir: str,
-) -> list[Cmd]:
-    """Commands that turn the (mounted, writable) template dataset into a fresh worker tree.
-
-    The arch is the jail host's own (`uname -m -p`), not a poudriere jail's: the worker jail
-    runs natively on the host kernel, and poudriere cross-builds other arches inside it.
-    """
-    m = _RELEASE.fullmatch(release)
-    if m is None or not _MOUNTPOINT.fullmatch(mountpoint) or not _MOUNTPOINT.fullmatch(cache_dir):
-        raise ValueError(f"bad release {release!r}, mountpoint or cache dir {cache_dir!r}")
-    tarball = f"{cache_dir}/{m.group(1)}-{machine_arch}-base.txz"
-    pkg_env = {"ASSUME_ALWAYS_YES": "yes"}
-    pkgs = tuple(packages)
-    user, home = thinroot.WORKER_USER, f"/home/{thinroot.WORKER_USER}"
-    pkg_steps = [
-        # pkg -c runs the host's pkg chrooted into the tree, which needs /dev/null there (f.117,
-        # pkg issue #1763); -c rather than -r/--rootdir, so package scripts run as in the jail.
-        Cmd(("mount", "-t", "devfs", "devfs", f"{mountpoint}/dev")),
-        Cmd(("pkg", "-c", mountpoint, "install", "-y", *pkgs), env=pkg_env, timeout=3600),
-        Cmd(("pkg", "-c", mountpoint, "clean", "-a", "-y"), env=pkg_env),
-        Cmd(("umount", f"{mountpoint}/dev")),
-    ]
-    # fmt: off
-    return [
-        # Install media kept apart from the jail, in a release-named file (a.1 #4).
-        Cmd(("mkdir", "-p", cache_dir)),
-        # fetch(1) -m: mirror mode, no download when the cached file matches the remote one.
-        Cmd(("fetch", "-m", "-o", tarball, base_url(release, machine, machine_arch)),
-            timeout=3600),
-        # Rebuild, never upgrade (c.64, c.70): empty the tree first. base.txz sets schg on
-        # some files (gotcha 52); -x keeps both on this filesystem, and find skips .zfs.
-        Cmd(("chflags", "-R", "-x", "noschg,nosunlnk", mountpoint)),
-        Cmd(("find", "-x", mountpoint, "-mindepth", "1", "-maxdepth", "1", "!", "-name", ".zfs",
-             "-exec", "rm", "-rf", "-x", "{}", "+")),
-        Cmd(("tar", "-xpf", tarball, "-C", mountpoint), timeout=1800),
-        # A new jail has no resolver, no timezone and no fstab (a.1 #5, gotcha 35, 48).
-        Cmd(("cp", "/etc/resolv.conf", f"{mountpoint}/etc/resolv.conf")),
-        Cmd(("cp", "/etc/localtime", f"{mountpoint}/etc/localtime")),
-        Cmd(("touch", f"{mountpoint}/etc/fstab")),
-        *(pkg_steps if pkgs else []),
-        # The unprivileged worker user with the Linux dev host's uid (f.116, item 7); no
-        # password login for it or for root: the host enters a jail with jexec (c.68).
-        Cmd(("pw", "-R", mountpoint, "useradd", "-n", user, "-u", str(thinroot.WORKER_UID),
-             "-c", "buildbot worker", "-d", home, "-m", "-s", "/bin/sh", "-w", "no")),
-        Cmd(("pw", "-R", mountpoint, "usermod", "-n", "root", "-w", "no")),
-        # No mail, no cron (no periodic storms across many workers, gotcha 45), syslog not
-        # listening on the network, /tmp cleared at start.
-        Cmd(("sysrc", "-R", mountpoint, "sendmail_enable=NONE", "cron_enable=NO",
-             "syslogd_flags=-ss", "clear_tmp_enable=YES")),
-        # Last, after everything that could add one (c.68, gotcha 23).
-        secret_clean_cmd(mountpoint),
-    ]
-    # fmt: on
-
-
-def plan_freebsd_cleanup(mountpoint: str) -> list[Cmd]:
-    """After a failed fill: the devfs mounted for pkg must not stay (run, answers ignored)."""
-    return [Cmd(("umount", "-f", f"{mountpoint}/dev"))]
-
-
-# ---- the Linux dev host's tree (shell) ------------------------------------------------------
+# ---- the Linux dev host's tree --------------------------------------------------------------
 
 
 def _mounts_below(path: str) -> list[str]:
@@ -458,7 +134,7 @@ def _fill_linux(root: Path, say: Say, customize: Callable[[Path], None] | None) 
         say(f"removed {len(removed)} secret file(s): {', '.join(removed)}")
 
 
-# ---- operations (shell) ---------------------------------------------------------------------
+# ---- operations -----------------------------------------------------------------------------
 
 
 async def read_state(zfs: Zfs, cfg: FarmConfig, clones: bool = True) -> TemplateState:
@@ -478,13 +154,7 @@ async def read_state(zfs: Zfs, cfg: FarmConfig, clones: bool = True) -> Template
 async def current_snapshot(zfs: Zfs, cfg: FarmConfig) -> str:
     """`<template>@<current tag>`, the snapshot new workers are cloned from. Raises
     `TemplateError` saying to build or promote when there is none, or it no longer exists."""
-    state = await read_state(zfs, cfg, clones=False)
-    _need_generations(state)
-    live = state.live
-    if live is None:
-        what = f"points to {state.current}, which no longer exists" if state.current else "is unset"
-        raise TemplateError(f"current worker template of {state.dataset} {what}: {PROMOTE_HINT}")
-    return live.snapshot
+    return current_generation(await read_state(zfs, cfg, clones=False)).snapshot
 
 
 async def list_templates(zfs: Zfs, cfg: FarmConfig) -> list[str]:

@@ -13,7 +13,8 @@ from jailfarm.config import load_farm
 from jailfarm.host.base import JailSpec
 from jailfarm.host.linux import LinuxJails
 from jailfarm.host.platform import make_platform
-from jailfarm.workers.reaper import FINISHED, RUNNING, gather, plan_for, reap, reap_command
+from jailfarm.workers.reaper import gather, reap, reap_command
+from jailfarm.workers.reapplan import FINISHED, RUNNING, plan_for
 from tests.integration.host import PoolTestCase, mounts_below, ns_members
 from tests.support import deferred_test
 

@@ -33,18 +33,15 @@ from jailfarm.host.platform import HostPlatform
 from jailfarm.host.zfs import LIST_PROPERTIES, Dataset, Zfs, destroy_cmd, get_cmd
 from jailfarm.runner import FakeRunner
 from jailfarm.workers.layout import LEASE_PROPERTIES
-from jailfarm.workers.reaper import (
+from jailfarm.workers.reaper import ReaperService, busy_workers, reap, reap_command
+from jailfarm.workers.reapplan import (
     FINISHED,
     NOT_A_BUILD,
     RUNNING,
     ReapAction,
-    ReaperService,
     ReapReport,
     build_state_of,
-    busy_workers,
     plan_reap,
-    reap,
-    reap_command,
 )
 from tests.support import deferred_test
 

@@ -19,28 +19,32 @@ from jailfarm.errors import CommandFailed, ParseError, UnsafeOperation
 from jailfarm.host.platform import make_platform
 from jailfarm.host.zfs import LIST_PROPERTIES, parse_get
 from jailfarm.runner import FakeRunner
+from jailfarm.workers.errors import TemplateError
 from jailfarm.workers.template import (
-    Generation,
-    PointerMove,
-    TemplateError,
-    TemplateState,
-    base_url,
     build_template,
-    check_mountpoint,
     clear_tree,
     current_snapshot,
-    format_state,
+    prune_templates,
+    remove_secrets,
+    template_command,
+)
+from jailfarm.workers.templatefill import (
+    base_url,
+    check_mountpoint,
     is_secret,
-    parse_state,
     parse_uname,
     plan_freebsd_fill,
+    secret_clean_cmd,
+)
+from jailfarm.workers.templateplan import (
+    Generation,
+    PointerMove,
+    TemplateState,
+    format_state,
+    parse_state,
     plan_promote,
     plan_prune,
     plan_rollback,
-    prune_templates,
-    remove_secrets,
-    secret_clean_cmd,
-    template_command,
 )
 
 if TYPE_CHECKING:
