@@ -205,7 +205,7 @@ class DevHost:
             pid = int((self.master_dir / "twistd.pid").read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if zfsfuse._pid_alive(pid) else None
+        return pid if zfsfuse.pid_alive(pid) else None
 
     async def _get(self, path: str) -> Any:
         response = await treq.get(f"{self.api}/{path}", timeout=10, persistent=False)
@@ -355,7 +355,7 @@ class DevHost:
         need longer, so wait for the PID, and only then kill that PID (the one `up` started)."""
         await self.runner.run(Cmd((_bin("buildbot"), "stop", str(self.master_dir)), timeout=120))
         for _ in range(600):
-            if not zfsfuse._pid_alive(pid):
+            if not zfsfuse.pid_alive(pid):
                 self.say(f"stopped the master (pid {pid})")
                 return
             await task.deferLater(self.clock, 0.1, lambda: None)

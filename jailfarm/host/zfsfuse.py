@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import task
@@ -21,19 +20,21 @@ from jailfarm.errors import FarmError
 from jailfarm.names import DATASET
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from jailfarm.runner import Runner
 
 NOT_RUNNING = "Please make sure that the zfs-fuse daemon is running"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie waiting for its parent is not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return Path(f"/proc/{pid}/stat").exists() and " Z " not in Path(f"/proc/{pid}/stat").read_text()
+    return state != "Z"
 
 
 def _read_pid(pidfile: Path) -> int | None:
@@ -70,7 +71,7 @@ class ZfsFuse:
         if await self.answering():
             return
         pid = _read_pid(self.pidfile)
-        if pid is not None and not _pid_alive(pid):
+        if pid is not None and not pid_alive(pid):
             self.pidfile.unlink()  # zfs-fuse will not start over a stale pidfile
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         (
@@ -93,10 +94,10 @@ class ZfsFuse:
         pid = _read_pid(self.pidfile)
         if pid is None:
             return
-        if _pid_alive(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGTERM)
         for _ in range(int(timeout / 0.1)):
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 break
             await task.deferLater(self.clock, 0.1, lambda: None)
         else:
