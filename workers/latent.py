@@ -23,6 +23,7 @@ from buildbot.worker import AbstractLatentWorker
 
 from jailfarm.config import load_farm
 from jailfarm.errors import FarmError
+from jailfarm.host.base import WORKER_USER
 from jailfarm.host.platform import host_platforms
 from jailfarm.runner import LocalRunner
 from jailfarm.workers import workerplan
@@ -101,7 +102,7 @@ class JailLatentWorker(AbstractLatentWorker):  # type: ignore[misc]  # buildbot 
     async def check_instance(self) -> tuple[bool, str]:
         """Polled until the worker attaches: is buildbot-worker still running in the jail?"""
         result = await self.platform.jails.exec(
-            self.name, workerplan.worker_alive_argv(), user=workerplan.WORKER_USER, timeout=30
+            self.name, workerplan.worker_alive_argv(), user=WORKER_USER, timeout=30
         )
         if result.ok:
             return True, ""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 from jailfarm.errors import FarmError
+from jailfarm.host.base import WORKER_USER
 from jailfarm.workers import layout, workerplan
 from jailfarm.workers.template import current_snapshot
 
@@ -51,7 +52,7 @@ async def start_worker_jail(
         (await jails.runner.run(cmd)).check()
     await jails.start(workerplan.jail_spec(cfg, name, info.mountpoint))
     started = await jails.exec(
-        name, workerplan.start_worker_argv(platform.name), user=workerplan.WORKER_USER, timeout=60
+        name, workerplan.start_worker_argv(platform.name), user=WORKER_USER, timeout=60
     )
     if not started.ok:
         detail = (started.err or started.out).strip()[-800:]

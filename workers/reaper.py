@@ -52,10 +52,6 @@ _BUSY_STATES = frozenset(
         States.INSUBSTANTIATING_SUBSTANTIATING,
     }
 )
-REAP_HELP = (
-    "remove this farm's worker jails and clones whose lease expired (--all: every one, as "
-    "`down` does); the master's reaper also removes those of finished or unknown builds"
-)
 
 
 def busy_workers(workers: Iterable[Any]) -> frozenset[str]:

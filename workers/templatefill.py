@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from jailfarm.cmd import Cmd
 from jailfarm.errors import ParseError, UnsafeOperation
-from jailfarm.host import thinroot
+from jailfarm.host.base import WORKER_UID, WORKER_USER
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -121,7 +121,7 @@ def plan_freebsd_fill(
     tarball = f"{cache_dir}/{m.group(1)}-{machine_arch}-base.txz"
     pkg_env = {"ASSUME_ALWAYS_YES": "yes"}
     pkgs = tuple(packages)
-    user, home = thinroot.WORKER_USER, f"/home/{thinroot.WORKER_USER}"
+    user, home = WORKER_USER, f"/home/{WORKER_USER}"
     pkg_steps = [
         # pkg -c runs the host's pkg chrooted into the tree, which needs /dev/null there (f.117,
         # pkg issue #1763); -c rather than -r/--rootdir, so package scripts run as in the jail.
@@ -150,7 +150,7 @@ def plan_freebsd_fill(
         *(pkg_steps if pkgs else []),
         # The unprivileged worker user with the Linux dev host's uid (f.116, item 7); no
         # password login for it or for root: the host enters a jail with jexec (c.68).
-        Cmd(("pw", "-R", mountpoint, "useradd", "-n", user, "-u", str(thinroot.WORKER_UID),
+        Cmd(("pw", "-R", mountpoint, "useradd", "-n", user, "-u", str(WORKER_UID),
              "-c", "buildbot worker", "-d", home, "-m", "-s", "/bin/sh", "-w", "no")),
         Cmd(("pw", "-R", mountpoint, "usermod", "-n", "root", "-w", "no")),
         # No mail, no cron (no periodic storms across many workers, gotcha 45), syslog not

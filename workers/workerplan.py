@@ -12,14 +12,12 @@ import sys
 from typing import TYPE_CHECKING
 
 from jailfarm.cmd import Cmd, Secret
-from jailfarm.host.base import JailSpec
+from jailfarm.host.base import WORKER_UID, JailSpec
 from jailfarm.workers import layout
 
 if TYPE_CHECKING:
     from jailfarm.config import FarmConfig
 
-WORKER_USER = "buildbot"
-WORKER_UID = 1001
 WORKER_DIR = "/home/buildbot/worker"
 
 _TAC = """\

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from jailfarm.cmd import Cmd, Result
     from jailfarm.runner import Runner
 
+# The unprivileged user every worker template has and buildbot-worker runs as (jails spec
+# j.154); the same uid on every platform, so files written from the host get it right.
+WORKER_USER = "buildbot"
+WORKER_UID = 1001
+
 # Capability names a platform may report.
 CAP_ZFS_JAILED = "zfs.jailed"  # the `jailed` property and `zfs jail` delegation
 CAP_RCTL = "rctl"  # per-jail resource limits

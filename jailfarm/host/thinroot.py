@@ -7,8 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-WORKER_USER = "buildbot"
-WORKER_UID = 1001
+from jailfarm.host.base import WORKER_UID, WORKER_USER
 
 _PASSWD = (
     "root:x:0:0:root:/root:/bin/sh\n"
