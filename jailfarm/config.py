@@ -98,6 +98,7 @@ class WorkersConfig:
     private_network: bool = False
     devfs_ruleset: int | None = 4
     memory_limit: int | None = None
+    master_address: str | None = None
 
     @property
     def children_max(self) -> int:
@@ -252,6 +253,7 @@ def parse_farm(data: Mapping[str, object], source: str = "farm.toml") -> FarmCon
     publish = _publish(top.table("publish"), state_dir)
     signing = _signing(top.table("signing"), platform, state_dir, publish.root)
     web = _web(top.table("web"), workers.pb_port)
+    _remote_workers_reach_master(report, hosts, workers, web)
     db = top.table("database")
     database = DatabaseConfig(Secret(db.get("url", cs.database_url, DEFAULT_DATABASE)))
     db.done()
@@ -373,6 +375,7 @@ def _workers(t: cs.Table, platform: str) -> WorkersConfig:
     lease = t.get("lease", cs.integer(1), 14400)
     builders = t.get("builders", cs.integer(1), 2)
     pb_port = t.get("pb_port", cs.PORT, 9989)
+    master_address = t.get("master_address", cs.ip_address, None)
     private = t.get("private_network", cs.boolean, False)
     devfs, memory = None, None
     if _only(t, platform, "freebsd", "devfs_ruleset", "memory_limit"):
@@ -382,7 +385,7 @@ def _workers(t: cs.Table, platform: str) -> WorkersConfig:
     if t.report.ok("workers.lease", "workers.attach_timeout") and lease <= attach:
         expected = f"more seconds than workers.attach_timeout ({attach})"
         t.report.add("workers.lease", f"{lease} is too short; expected {expected}")
-    return WorkersConfig(attach, lease, builders, pb_port, private, devfs, memory)
+    return WorkersConfig(attach, lease, builders, pb_port, private, devfs, memory, master_address)
 
 
 def _template(t: cs.Table, platform: str) -> TemplateConfig:
@@ -529,6 +532,26 @@ def _web(t: cs.Table, pb_port: int) -> WebConfig:
             "expected 127.0.0.1 or ::1, or auth = 'users'",
         )
     return WebConfig(bind, port, url, auth, users)
+
+
+def _remote_workers_reach_master(
+    report: cs.Report, hosts: tuple[JailHost, ...], workers: WorkersConfig, web: WebConfig
+) -> None:
+    """Worker jails connect to the master's PB port at workers.master_address (default:
+    web.bind); a jail on another machine cannot reach a loopback address."""
+    remote = [h.name for h in hosts if not h.is_local]
+    if not remote or not report.ok("workers.master_address", "web.bind", "jail_hosts"):
+        return
+    address = workers.master_address or web.bind
+    source = "workers.master_address" if workers.master_address else "web.bind"
+    parsed = ipaddress.ip_address(address)
+    if parsed.is_loopback or parsed.is_unspecified:
+        report.add(
+            "workers.master_address",
+            f"{address!r} (from {source}) cannot be reached from the remote jail host(s) "
+            f"{', '.join(remote)}; expected an address of the master that those hosts can "
+            "connect to",
+        )
 
 
 def _loopback(bind: str) -> bool:

@@ -40,10 +40,17 @@ def master_config(farm_toml: str) -> dict[str, Any]:
     return build_config(cfg, path)
 
 
+def _escaped(address: str) -> str:
+    # Twisted endpoint strings separate fields with ':'; an IPv6 interface needs them escaped.
+    return address.replace(":", "\\:")
+
+
 def build_config(cfg: FarmConfig, farm_toml: str) -> dict[str, Any]:
     bind = cfg.web.bind
+    # Worker jails connect here (a remote jail host needs a routable address).
+    master_address = cfg.workers.master_address or bind
     workers = [
-        JailLatentWorker(slot.name, farm_toml=farm_toml, host=slot.host, master_host=bind)
+        JailLatentWorker(slot.name, farm_toml=farm_toml, host=slot.host, master_host=master_address)
         for slot in worker_slots(cfg)
     ]
     names = [w.name for w in workers]
@@ -53,9 +60,11 @@ def build_config(cfg: FarmConfig, farm_toml: str) -> dict[str, Any]:
         "buildbotURL": cfg.web.url,
         "buildbotNetUsageData": None,
         "db": {"db_url": cfg.database.url.reveal()},
-        "protocols": {"pb": {"port": f"tcp:{cfg.workers.pb_port}:interface={bind}"}},
+        "protocols": {
+            "pb": {"port": f"tcp:{cfg.workers.pb_port}:interface={_escaped(master_address)}"}
+        },
         "www": {
-            "port": f"tcp:{cfg.web.port}:interface={bind}",
+            "port": f"tcp:{cfg.web.port}:interface={_escaped(bind)}",
             "plugins": {"waterfall_view": {}, "console_view": {}, "grid_view": {}},
         },
         "workers": workers,

@@ -45,8 +45,9 @@ async def start_worker_jail(
     clone = layout.clone_dataset(cfg, name)
     await zfs.clone(snapshot, clone, workerplan.lease(cfg, name, host, buildid, now))
     info = await zfs.info(clone)
-    if info is None or not info.mountpoint:
-        raise FarmError(f"clone {clone} has no mountpoint")
+    if info is None or not info.mountpoint or not info.mounted:
+        # Never write the password into whatever filesystem holds an unmounted mountpoint.
+        raise FarmError(f"clone {clone} is not mounted; not starting a worker on it")
     tac = workerplan.worker_tac(master[0], master[1], name, password)
     for cmd in workerplan.write_worker_files(info.mountpoint, tac):
         (await jails.runner.run(cmd)).check()
@@ -65,20 +66,22 @@ async def start_worker_jail(
 async def teardown_worker_jail(
     platform: HostPlatform, cfg: FarmConfig, name: str, fast: bool
 ) -> None:
-    """Remove the jail (grace period unless `fast`), destroy the clone (busy retries), and
-    check that neither is left. Idempotent; refuses a clone another farm owns."""
+    """Remove the jail (grace period unless `fast`), unmount what it left below its root,
+    destroy the clone (busy retries), and check that nothing is left. Idempotent. The clone's
+    owner is read first: a clone of another farm (and its jail) is never touched."""
     zfs, jails = platform.zfs, platform.jails
     clone = layout.clone_dataset(cfg, name)
+    info = await zfs.info(clone, layout.LEASE_PROPERTIES)
+    if info is not None and info.user.get(layout.OWNER) != cfg.name:
+        raise FarmError(
+            f"{clone} belongs to {info.user.get(layout.OWNER)!r}, not to this farm "
+            f"({cfg.name!r}); two farms must not share a prefix on one jail host"
+        )
     if any(j.name == name for j in await jails.list()):
         await jails.remove(name, timeout=2 if fast else 10)
-    info = await zfs.info(clone, layout.LEASE_PROPERTIES)
     if info is not None:
-        owner = info.user.get(layout.OWNER)
-        if owner != cfg.name:
-            raise FarmError(
-                f"{clone} belongs to {owner!r}, not to this farm ({cfg.name!r}); "
-                "two farms must not share a prefix on one jail host"
-            )
+        if info.mountpoint:
+            await jails.unmount_below(info.mountpoint)
         await zfs.destroy(clone)
     still_jailed = any(j.name == name for j in await jails.list())
     if still_jailed or await zfs.exists(clone):

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from jailfarm.config import FarmConfig
     from jailfarm.host.platform import HostPlatform
+    from jailfarm.host.zfs import Dataset
     from jailfarm.runner import Runner
 
 log = Logger()
@@ -75,13 +76,12 @@ class _Tally:
     stuck: set[str] = field(default_factory=set)
 
 
-async def _changed(platform: HostPlatform, action: ReapAction) -> str | None:
+def _changed(action: ReapAction, info: Dataset | None) -> str | None:
     """Why `action` must not run any more, or None: its clone's lease is not the planned one
     (a new instance of the worker took the name), or the clone is gone (for a jail: the jail
     now belongs to something else)."""
     if action.clone is None:
         return None
-    info = await platform.zfs.info(action.clone, LEASE_PROPERTIES)
     if info is None:
         return None if action.kind == "destroy_clone" else f"{action.clone} is gone meanwhile"
     if tuple(sorted(info.user.items())) != action.lease:
@@ -93,12 +93,16 @@ async def _run_one(platform: HostPlatform, action: ReapAction, tally: _Tally) ->
     """Run one destructive action; the reason it was skipped, or None. Raises `FarmError`."""
     if action.kind == "destroy_clone" and action.jail in tally.stuck:
         raise FarmError(f"jail {action.jail} could not be removed, so its clone stays")
-    changed = await _changed(platform, action)
+    info = await platform.zfs.info(action.clone, LEASE_PROPERTIES) if action.clone else None
+    changed = _changed(action, info)
     if changed is not None:
         return changed
     if action.kind == "remove_jail":
         await platform.jails.remove(action.target)
     else:
+        if info is not None and info.mountpoint:
+            # What the removed jail left mounted below its root keeps the clone busy.
+            await platform.jails.unmount_below(info.mountpoint)
         # -r: the clone's own snapshots and children (never -R: other clones are not ours).
         await platform.zfs.destroy(action.target, recursive=True)
     return None

@@ -105,6 +105,11 @@ class Jails(ABC):
     async def remove(self, name: str, timeout: float | None = None) -> None: ...
 
     @abstractmethod
+    async def unmount_below(self, path: str) -> list[str]:
+        """Unmount everything mounted below `path` on the host, deepest first (what a removed
+        jail left: its devfs, nullfs, a build jail's tmpfs...); returns what was unmounted."""
+
+    @abstractmethod
     async def list(self) -> list[JailInfo]: ...
 
     @abstractmethod

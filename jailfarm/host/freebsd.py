@@ -141,6 +141,29 @@ def parse_jls_json(text: str) -> list[JailInfo]:
     return [_jail_info(entry) for entry in jails]
 
 
+def mount_points_cmd() -> Cmd:
+    """`mount -p`: the mount table in fstab(5) format (jails spec a.4 #25)."""
+    return Cmd(("mount", "-p"))
+
+
+def parse_mount_points(text: str) -> list[str]:
+    """Mount points from `mount -p` output; fstab(5) encodes spaces and tabs as octal escapes
+    (\\040, \\011)."""
+    points = []
+    for no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) < 3:
+            raise ParseError("mount -p", no, line, "expected device, mount point and type")
+        points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1]))
+    return points
+
+
+def umount_cmd(point: str) -> Cmd:
+    return Cmd(("umount", "-f", check_path("mount point", point)))
+
+
 def jexec_cmd(
     name: str,
     argv: Sequence[str],
@@ -268,6 +291,16 @@ class FreeBsdJails(Jails):
         if await self._listed(name):
             await self._stop(name, conf, DEFAULT_REMOVE_TIMEOUT if timeout is None else timeout)
         (await self.runner.run(remove_file_cmd(conf))).check()
+
+    async def unmount_below(self, path: str) -> list[str]:
+        """Unmount, deepest first, everything below `path`: jail(8) leaves its own mounts after
+        `jail -R`, and nothing unmounts what the jail mounted itself (jails spec gotcha 10)."""
+        prefix = check_path("path", path).rstrip("/") + "/"
+        table = (await self.runner.run(mount_points_cmd())).check()
+        below = [p for p in parse_mount_points(table.out) if p.startswith(prefix)]
+        for point in sorted(below, key=lambda p: p.count("/"), reverse=True):
+            (await self.runner.run(umount_cmd(point))).check()
+        return below
 
     async def _stop(self, name: str, conf: str, timeout: float) -> None:
         stop = await self.runner.run(jail_remove_cmd(conf, name, timeout))

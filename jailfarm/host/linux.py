@@ -148,6 +148,11 @@ class LinuxJails(Jails):
             raise JailError("exec needs a command")
         return self._tool(*args, "--", *argv, timeout=timeout, stdin=stdin)
 
+    async def unmount_below(self, path: str) -> list[str]:
+        # A namespace jail mounts only inside its own mount namespace, which dies with it, so
+        # the host has nothing to sweep (checked by the integration tests via mountinfo).
+        return []
+
     async def remove(self, name: str, timeout: float | None = None) -> None:
         """`jail -r`, escalating to `jail -R` after `timeout`; raises if anything is left."""
         grace = 10.0 if timeout is None else timeout

@@ -325,7 +325,9 @@ class ZfsTests:
 class JailHostTests:
     def test_ssh_host_is_parsed(self) -> None:
         host = {"name": "build2", "ssh": "build2.example.org", "ssh_port": 2222}
-        config = parse_farm(farm(jail_hosts=[{"name": "local"}, host]))
+        config = parse_farm(
+            farm(jail_hosts=[{"name": "local"}, host], workers={"master_address": "10.0.0.1"})
+        )
         remote = config.jail_hosts[1]
         assert (remote.ssh, remote.ssh_user, remote.ssh_port) == (
             "build2.example.org",
@@ -746,3 +748,21 @@ class NameFieldTests:
             assert parse_farm(data).sets[1].packages == (value,)
         else:
             assert problem(data).startswith("sets[0].packages[0]:")
+
+
+def test_remote_jail_hosts_need_a_master_address_they_can_reach() -> None:
+    data = {
+        "farm": {"platform": "linux-dev"},
+        "zfs": {"pool": "jailfarm", "root": "jailfarm/farm"},
+        "jail_hosts": [{"name": "local"}, {"name": "b2", "ssh": "b2.example.org"}],
+        "poudriere": {"jails": [{"name": "141amd64", "version": "14.1-RELEASE"}]},
+        "trees": [{"name": "default", "url": "/srv/ports"}],
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_farm(data)
+    assert info.value.problems == [
+        "workers.master_address: '127.0.0.1' (from web.bind) cannot be reached from the remote "
+        "jail host(s) b2; expected an address of the master that those hosts can connect to"
+    ]
+    cfg = parse_farm({**data, "workers": {"master_address": "10.1.2.3"}})
+    assert cfg.workers.master_address == "10.1.2.3"

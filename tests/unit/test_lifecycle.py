@@ -21,7 +21,7 @@ What the goldens encode, and where each fact comes from:
   retries (ARCHITECTURE.md "Leases"), then check that `jls` and `zfs` show nothing left.
 * Not encoded, because lifecycle.py does not do it: item 9's separate delegated dataset
   (`jailed=on`, `zfs jail`, `exec.start` with `zfs mount -a`; without it poudriere runs with
-  NO_ZFS) and item 10's unmount sweep below the jail root (an xfail test in KnownBugTests).
+  NO_ZFS) and item 10's unmount sweep below the jail root (RegressionTests).
 
 jls output is written in the shape of tests/fixtures/jls/v_one_jail.json and v_mixed.json
 (`jls --libxo json -v`, libxo version 2); zfs output in the shape of tests/fixtures/zfs/
@@ -34,7 +34,6 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import pytest
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -207,11 +206,23 @@ def step(*argv: str, **answer: Any) -> Step:
     return argv, answer
 
 
+def mount_table() -> str:
+    """`mount -p` on the jail host with the clone mounted and nothing below it."""
+    return (
+        f"zroot/ROOT/default\t/\tzfs\trw\t0 0\ndevfs\t/dev\tdevfs\trw\t0 0\n"
+        f"{CLONE}\t{MOUNTPOINT}\tzfs\trw\t0 0\n"
+    )
+
+
+MOUNT_P = ("mount", "-p")
+
+
 def nothing_left_over() -> list[Step]:
     """start's first teardown when this worker has no jail and no clone."""
     return [
-        step(*JLS, stdout=NO_JAILS),
+        # The clone's owner is read before any jail is touched.
         step(*LEASE_GET, rc=1, stderr=MISSING),
+        step(*JLS, stdout=NO_JAILS),
         step(*JLS, stdout=NO_JAILS),
         step(*CLONE_TYPE_GET, rc=1, stderr=MISSING),
     ]
@@ -239,13 +250,16 @@ def clone_and_start() -> list[Step]:
 def full_teardown() -> list[Step]:
     """Teardown of a running worker whose clone is ours and answers busy once."""
     return [
+        # The clone's owner first: another farm's clone and jail are never touched.
+        step(*LEASE_GET, stdout=LEASED_CLONE),
         step(*JLS, stdout=LISTED),
         # FreeBsdJails.remove: list again, jail -r with its conf, verify, delete the conf.
         step(*JLS, stdout=LISTED),
         step("jail", "-f", CONF, "-r", NAME, stdout=f"{NAME}: removed\n"),
         step(*JLS, stdout=NO_JAILS),
         step("rm", "-f", CONF),
-        step(*LEASE_GET, stdout=LEASED_CLONE),
+        # The unmount sweep below the clone (jails spec feature 10, gotcha 10): nothing left.
+        step(*MOUNT_P, stdout=mount_table()),
         step("zfs", "destroy", CLONE, rc=1, stderr=BUSY),
         step("zfs", "umount", CLONE),
         step("zfs", "destroy", CLONE),
@@ -311,10 +325,10 @@ class StartWorkerJailTests(LifecycleCase):
         tac = "/jf/jails/jfw1/home/buildbot/worker/buildbot.tac"
         # fmt: off
         assert argvs(runner) == [
-            # Leftover of this worker? (none: no jail, no clone)
-            ("jls", "--libxo", "json", "-v"),
+            # Leftover of this worker? (none: no clone, no jail; the owner is read first)
             ("zfs", "get", "-H", "-p", "-o", "name,property,value",
              f"{lease_props},jailfarm:worker,jailfarm:host", "zroot/jf/jails/jfw1"),
+            ("jls", "--libxo", "json", "-v"),
             ("jls", "--libxo", "json", "-v"),
             ("zfs", "get", "-H", "-p", "-o", "name,property,value", "type",
              "zroot/jf/jails/jfw1"),
@@ -523,7 +537,7 @@ class StartWorkerJailTests(LifecycleCase):
         runner = scripted(steps)
         failure = self.failureResultOf(self.start(runner), FarmError)
         runner.assert_all_commands_ran()
-        assert f"clone {CLONE} has no mountpoint" in str(failure.value)
+        assert f"clone {CLONE} is not mounted" in str(failure.value)
 
 
 # ---- teardown ---------------------------------------------------------------------------------
@@ -543,8 +557,9 @@ class TeardownWorkerJailTests(LifecycleCase):
         runner = scripted(
             [
                 # No jail is listed, so teardown goes straight to the clone.
-                step(*JLS, stdout=NO_JAILS),
                 step(*LEASE_GET, stdout=LEASED_CLONE),
+                step(*JLS, stdout=NO_JAILS),
+                step(*MOUNT_P, stdout=mount_table()),
                 step("zfs", "destroy", CLONE, rc=1, stderr=BUSY),
                 step("zfs", "umount", CLONE, rc=1, stderr="cannot unmount: Device busy\n"),
                 step("zfs", "destroy", CLONE, rc=1, stderr=BUSY),
@@ -565,7 +580,11 @@ class TeardownWorkerJailTests(LifecycleCase):
         runner.assert_all_commands_ran()
 
     def test_a_clone_that_stays_busy_is_a_zfs_error_naming_it(self) -> None:
-        steps = [step(*JLS, stdout=NO_JAILS), step(*LEASE_GET, stdout=LEASED_CLONE)]
+        steps = [
+            step(*LEASE_GET, stdout=LEASED_CLONE),
+            step(*JLS, stdout=NO_JAILS),
+            step(*MOUNT_P, stdout=mount_table()),
+        ]
         for attempt in range(6):
             steps.append(step("zfs", "destroy", CLONE, rc=1, stderr=BUSY))
             if attempt < 5:
@@ -586,7 +605,7 @@ class TeardownWorkerJailTests(LifecycleCase):
 
     def test_refuses_a_clone_another_farm_owns(self) -> None:
         foreign = clone_rows(owner="other")
-        runner = scripted([step(*JLS, stdout=NO_JAILS), step(*LEASE_GET, stdout=foreign)])
+        runner = scripted([step(*LEASE_GET, stdout=foreign)])
         failure = self.failureResultOf(self.teardown(runner), FarmError)
         runner.assert_all_commands_ran()
         assert f"{CLONE} belongs to 'other', not to this farm ('ci')" in str(failure.value)
@@ -600,7 +619,7 @@ class TeardownWorkerJailTests(LifecycleCase):
             ("mounted", "yes"),
             ("jailfarm:owner", "-"),
         )
-        runner = scripted([step(*JLS, stdout=NO_JAILS), step(*LEASE_GET, stdout=ownerless)])
+        runner = scripted([step(*LEASE_GET, stdout=ownerless)])
         failure = self.failureResultOf(self.teardown(runner), FarmError)
         assert "belongs to None" in str(failure.value)
         assert not any(a[:2] == ("zfs", "destroy") for a in argvs(runner))
@@ -608,8 +627,8 @@ class TeardownWorkerJailTests(LifecycleCase):
     def test_a_jail_that_survives_is_reported_for_the_reaper(self) -> None:
         runner = scripted(
             [
-                step(*JLS, stdout=NO_JAILS),
                 step(*LEASE_GET, rc=1, stderr=MISSING),
+                step(*JLS, stdout=NO_JAILS),
                 # Something started the jail again in between (a concurrent start).
                 step(*JLS, stdout=JUST_STARTED),
                 step(*CLONE_TYPE_GET, rc=1, stderr=MISSING),
@@ -621,8 +640,9 @@ class TeardownWorkerJailTests(LifecycleCase):
     def test_a_clone_that_survives_is_reported_for_the_reaper(self) -> None:
         runner = scripted(
             [
-                step(*JLS, stdout=NO_JAILS),
                 step(*LEASE_GET, stdout=LEASED_CLONE),
+                step(*JLS, stdout=NO_JAILS),
+                step(*MOUNT_P, stdout=mount_table()),
                 step("zfs", "destroy", CLONE),
                 step(*JLS, stdout=NO_JAILS),
                 step(*CLONE_TYPE_GET, stdout=rows(CLONE, ("type", "filesystem"))),
@@ -632,7 +652,7 @@ class TeardownWorkerJailTests(LifecycleCase):
         assert f"teardown left {CLONE}" in str(failure.value)
 
 
-# ---- known bugs (xfail strict) ----------------------------------------------------------------
+# ---- former bugs (regression tests) ------------------------------------------------------
 
 
 @dataclass
@@ -727,18 +747,13 @@ class FakeJailHost:
         return 0, "", ""
 
 
-class KnownBugTests(LifecycleCase):
+class RegressionTests(LifecycleCase):
     def run_on(self, host: FakeJailHost) -> defer.Deferred[None]:
         d = self.teardown(host)
         # zfs destroy's busy retries wait on the clock: let them all run out.
         self.clock.pump([1.0] * 10)
         return d
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: teardown_worker_jail removes the jail before it reads the clone's lease, "
-        "so a jail of another farm sharing the prefix is killed and only then refused",
-    )
     def test_teardown_never_removes_a_jail_running_from_another_farms_clone(self) -> None:
         host = FakeJailHost(
             jails={NAME: MOUNTPOINT},
@@ -750,12 +765,6 @@ class KnownBugTests(LifecycleCase):
         assert not [c for c in host.calls if c.argv[0] == "jail"], "touched the other farm's jail"
         assert NAME in host.jails
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: teardown_worker_jail has no unmount sweep below the clone (jails spec "
-        "feature 10, gotcha 10; FreeBsdJails.remove's docstring requires it after jail -R), "
-        "so mounts the jail leaves keep the clone busy and zfs destroy fails every retry",
-    )
     def test_teardown_unmounts_what_the_jail_left_below_the_clone(self) -> None:
         poudriere_ref = f"{MOUNTPOINT}/usr/local/poudriere/data/.m/141amd64-default/ref"
         host = FakeJailHost(
@@ -775,12 +784,6 @@ class KnownBugTests(LifecycleCase):
         assert CLONE not in host.datasets
         assert not [m for m in host.mounts if m.startswith(MOUNTPOINT + "/")]
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: start_worker_jail checks only that the clone has a mountpoint, not that it "
-        "is mounted, so an unmounted clone gets buildbot.tac (with the password) written into "
-        "whatever filesystem holds that directory, which outlives the clone's destroy",
-    )
     def test_an_unmounted_clone_is_refused_before_the_password_is_written(self) -> None:
         steps = nothing_left_over() + clone_and_start()[:4]
         unmounted = clone_rows().replace("mounted\tyes", "mounted\tno")

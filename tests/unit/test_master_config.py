@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-import pytest
 from buildbot.config.master import MasterConfig
 from buildbot.schedulers.forcesched import ForceScheduler
 from buildbot.steps.shell import ShellCommand
@@ -37,7 +36,7 @@ def linux_farm(**sections: Any) -> dict[str, Any]:
             {"name": "local", "max_jails": 2},
             {"name": "build2", "ssh": "build2.example.org", "ssh_user": "jf", "max_jails": 1},
         ],
-        "workers": {"pb_port": 9990},
+        "workers": {"pb_port": 9990, "master_address": "10.0.0.1"},
         "poudriere": {"jails": [{"name": "141amd64", "version": "14.1-RELEASE"}]},
         "trees": [{"name": "default", "url": "file:///var/lib/jailfarm/src/ports.git"}],
         "web": {"bind": "127.0.0.1", "port": 8011, "url": "http://localhost:8080/buildbot/"},
@@ -66,15 +65,15 @@ class WorkerTests:
         assert [(w.name, service_args(w)) for w in workers] == [
             (
                 "jfw1",
-                (("jfw1",), {"farm_toml": FARM_TOML, "host": "local", "master_host": "127.0.0.1"}),
+                (("jfw1",), {"farm_toml": FARM_TOML, "host": "local", "master_host": "10.0.0.1"}),
             ),
             (
                 "jfw2",
-                (("jfw2",), {"farm_toml": FARM_TOML, "host": "local", "master_host": "127.0.0.1"}),
+                (("jfw2",), {"farm_toml": FARM_TOML, "host": "local", "master_host": "10.0.0.1"}),
             ),
             (
                 "jfw3",
-                (("jfw3",), {"farm_toml": FARM_TOML, "host": "build2", "master_host": "127.0.0.1"}),
+                (("jfw3",), {"farm_toml": FARM_TOML, "host": "build2", "master_host": "10.0.0.1"}),
             ),
         ]
 
@@ -90,12 +89,6 @@ class WorkerTests:
         assert [service_args(w)[1]["host"] for w in workers] == ["local", *["build2"] * 3]
         assert [w.name for w in workers] == ["jfw1", "jfw2", "jfw3", "jfw4"]
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: every worker gets master_host=web.bind (loopback unless auth='users') and "
-        "the PB port listens only there, so a worker jail on a remote (ssh) jail host is told "
-        "to connect to its own host's loopback and can never attach",
-    )
     def test_workers_on_a_remote_jail_host_are_told_an_address_they_can_reach(self) -> None:
         try:
             workers = config(parse_farm(linux_farm()))["workers"]
@@ -125,19 +118,23 @@ def listening(strport: str) -> tuple[int, str]:
 class ListenerTests:
     def test_pb_and_www_listen_on_web_bind(self) -> None:
         c = config()
-        assert c["protocols"] == {"pb": {"port": "tcp:9990:interface=127.0.0.1"}}
+        # Workers (one host is remote) connect to workers.master_address; the UI stays local.
+        assert c["protocols"] == {"pb": {"port": "tcp:9990:interface=10.0.0.1"}}
         assert c["www"]["port"] == "tcp:8011:interface=127.0.0.1"
-        assert listening(c["protocols"]["pb"]["port"]) == (9990, "127.0.0.1")
+        assert listening(c["protocols"]["pb"]["port"]) == (9990, "10.0.0.1")
         assert listening(c["www"]["port"]) == (8011, "127.0.0.1")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="BUG: build_config writes `tcp:PORT:interface=::1` unescaped; Twisted's strports "
-        "syntax splits on ':' (TypeError: got multiple values for argument 'interface'), so "
-        "the IPv6 loopback that farm.toml accepts (and suggests) breaks master start",
-    )
     def test_an_ipv6_loopback_bind_reaches_both_listeners(self) -> None:
-        c = config(parse_farm(linux_farm(web={"bind": "::1", "port": 8011})))
+        local_only = [{"name": "local", "max_jails": 2}]
+        c = config(
+            parse_farm(
+                linux_farm(
+                    web={"bind": "::1", "port": 8011},
+                    workers={"pb_port": 9990},
+                    jail_hosts=local_only,
+                )
+            )
+        )
         assert listening(c["protocols"]["pb"]["port"]) == (9990, "::1")
         assert listening(c["www"]["port"]) == (8011, "::1")
 
@@ -199,6 +196,6 @@ class BuildbotAcceptsTests:
         assert list(master.builders[0].workernames) == ["jfw1", "jfw2", "jfw3"]
         assert set(master.schedulers) == {"force"}
         assert set(master.services) == {"jailfarm-reaper"}
-        assert master.protocols == {"pb": {"port": "tcp:9990:interface=127.0.0.1"}}
+        assert master.protocols == {"pb": {"port": "tcp:9990:interface=10.0.0.1"}}
         assert master.db.db_url == PG_URL
         assert master.collapseRequests is False

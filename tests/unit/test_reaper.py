@@ -344,6 +344,10 @@ class FakeJails(Jails):
             raise self.fail[name]
         self.running.pop(name, None)
 
+    async def unmount_below(self, path: str) -> list[str]:
+        self.calls.append(f"unmount below {path}")
+        return []
+
     async def list(self) -> list[JailInfo]:
         self.calls.append("list")
         return list(self.running.values())
@@ -438,7 +442,8 @@ class ReapTests:
         datasets = [clone("jfw1", expires=EARLIER)]
         h = host(datasets, [jail("jfw1")])
         h.reap(list(reversed(plan(datasets, [jail("jfw1")]))))
-        assert h.jails.calls == ["remove jfw1"]
+        # The clone's mount table is swept before the destroy (what the jail left mounted).
+        assert h.jails.calls == ["remove jfw1", "unmount below /tank/farm/jails/jfw1"]
         assert h.zfs.calls == [f"info {JR}/jfw1", f"info {JR}/jfw1", f"destroy -r {JR}/jfw1"]
 
     def test_a_worker_that_took_the_name_meanwhile_is_spared(self) -> None:

@@ -603,7 +603,7 @@ class CommandTests(SynchronousTestCase):
 
     def test_list_runs_on_every_host_with_its_name(self) -> None:
         hosts = [{"name": "a"}, {"name": "b", "ssh": "b.example.org"}]
-        cfg = config(jail_hosts=hosts)
+        cfg = config(jail_hosts=hosts, workers={"master_address": "10.0.0.1"})
         self.runner.expect("zpool", "list", "-H", "-o", "name", "tank")
         self.runner.expect(
             *GET,
@@ -663,7 +663,11 @@ class CommandTests(SynchronousTestCase):
         assert self.said[0].startswith("usage: jailfarm template {build|list|promote|rollback}")
 
     def test_linux_dev_build_refuses_a_remote_host(self) -> None:
-        cfg = config("linux-dev", jail_hosts=[{"name": "b", "ssh": "b.example.org"}])
+        cfg = config(
+            "linux-dev",
+            jail_hosts=[{"name": "b", "ssh": "b.example.org"}],
+            workers={"master_address": "10.0.0.1"},
+        )
         ssh = (
             "ssh",
             "-o",

@@ -47,7 +47,8 @@ class WorkerSlotTests:
                 {"name": "local", "max_jails": 2},
                 {"name": "build2", "ssh": "build2.example.org", "max_jails": 3},
                 {"name": "build3", "ssh": "build3.example.org", "max_jails": 1},
-            ]
+            ],
+            workers={"master_address": "10.0.0.1"},
         )
         assert worker_slots(cfg) == (
             WorkerSlot("jfw1", "local"),
@@ -72,7 +73,8 @@ class WorkerSlotTests:
         cfg = freebsd_farm(
             jail_hosts=[
                 {"name": f"h{i}", "ssh": f"h{i}.example.org", "max_jails": i} for i in (1, 4, 2)
-            ]
+            ],
+            workers={"master_address": "10.0.0.1"},
         )
         slots = worker_slots(cfg)
         assert len({s.name for s in slots}) == len(slots) == 7
