@@ -263,7 +263,8 @@ class BuildOptions:
     """Options `bulk` and `testport` share (§1.3, §1.4). `builders`/`prepare_jobs` give
     `-J n[:p]`: without `prepare_jobs`, p = n, not 1.25n. `no_repo` 1 is `-N` (no catalogue),
     2 is `-NN` (no commit either). `dry_run` (`-n`) needs ATOMIC_PACKAGE_REPOSITORY=yes.
-    `fetch_branch` (`-b`) is `latest`, `quarterly`, `release_N` or a URL."""
+    `fetch_branch` (`-b`) is `latest`, `quarterly`, `release_N` or a URL; `overlays` are
+    trees (`-O`); `save_wrkdir` (`-w`) keeps failed WRKDIRs."""
 
     buildname: str
     builders: int | None = None
@@ -272,10 +273,7 @@ class BuildOptions:
     dry_run: bool = False
     fetch_branch: str | None = None
     overlays: tuple[str, ...] = ()
-    try_broken: bool = False
-    no_recursive: bool = False
     save_wrkdir: bool = False
-    verbose: int = 0
 
     def args(self) -> list[str]:
         args = ["-B", check_buildname(self.buildname)]
@@ -286,20 +284,14 @@ class BuildOptions:
             if self.prepare_jobs is not None:
                 jobs += f":{_positive(self.prepare_jobs, 'prepare_jobs')}"
             args += ["-J", jobs]
-        if self.no_repo not in (0, 1, 2) or self.verbose not in (0, 1, 2):
-            raise ValueError("no_repo and verbose are 0, 1 or 2 (-N/-NN, -v/-vv)")
-        args += ["-N"] * self.no_repo + ["-v"] * self.verbose
+        if self.no_repo not in (0, 1, 2):
+            raise ValueError("no_repo is 0, 1 (-N) or 2 (-NN)")
+        args += ["-N"] * self.no_repo
         if self.fetch_branch is not None:
             args += ["-b", _fetch_branch(self.fetch_branch)]
         for overlay in self.overlays:
             args += ["-O", TREE.check(overlay)]
-        flags = (
-            (self.dry_run, "-n"),
-            (self.try_broken, "-T"),
-            (self.no_recursive, "-S"),
-            (self.save_wrkdir, "-w"),
-        )
-        return args + [flag for wanted, flag in flags if wanted]
+        return args + ["-n"] * self.dry_run + ["-w"] * self.save_wrkdir
 
 
 def bulk_cmd(
@@ -315,7 +307,6 @@ def bulk_cmd(
     test: bool = False,
     test_deps: bool = False,
     test_nonfatal: bool = False,
-    remove_restricted: bool = False,
 ) -> Cmd:
     """`bulk -j J -p P [-z S] -B NAME [options] (-a | -f FILE... | ORIGIN...)` (§1.3).
     Exactly one port source. `clean` (`-c`) deletes every package of the MASTERNAME first;
@@ -331,15 +322,8 @@ def bulk_cmd(
     if (test_deps or test_nonfatal) and not test:
         raise ValueError("bulk -r/-k only make sense with -t (test=True)")
     args = [*target.selector_args(), *options.args()]
-    flags = (
-        (clean, "-c"),
-        (clean_listed, "-C"),
-        (test, "-t"),
-        (test_deps, "-r"),
-        (test_nonfatal, "-k"),
-        (remove_restricted, "-R"),
-    )
-    args += [flag for wanted, flag in flags if wanted]
+    flags = {"-c": clean, "-C": clean_listed, "-t": test, "-r": test_deps, "-k": test_nonfatal}
+    args += [flag for flag, wanted in flags.items() if wanted]
     if all_ports:
         args.append("-a")
     for path in list_files:

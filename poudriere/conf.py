@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Literal
 
-from jailfarm.configschema import MAKE_VAR
+from jailfarm.configschema import MAKE_VAR, POOL
 from jailfarm.names import ORIGIN, POUDRIERE_JAIL, SET, TREE
 
 if TYPE_CHECKING:
@@ -204,19 +204,8 @@ _SIGNER_WORD = re.compile(r"[A-Za-z0-9@%+=:,./_-]+")
 _KEY_TYPE = re.compile(r"(rsa|ecdsa|eddsa|ecc):")
 # poudriere writes these into the jail's make.conf itself; DEVELOPER= lines it strips (§2.4).
 POUDRIERE_MAKE_VARS = frozenset(
-    {
-        "USE_PACKAGE_DEPENDS",
-        "BATCH",
-        "WRKDIRPREFIX",
-        "PORTSDIR",
-        "PACKAGES",
-        "DISTDIR",
-        "FORCE_PACKAGE",
-        "PACKAGE_BUILDING",
-        "PACKAGE_BUILDING_FLAVORS",
-        "OVERLAYS",
-        "DEVELOPER",
-    }
+    "USE_PACKAGE_DEPENDS BATCH WRKDIRPREFIX PORTSDIR PACKAGES DISTDIR FORCE_PACKAGE "
+    "PACKAGE_BUILDING PACKAGE_BUILDING_FLAVORS OVERLAYS DEVELOPER".split()
 )
 _MAKE_VALUE = re.compile(r"[A-Za-z0-9 _./+=:,@-]*")
 
@@ -362,6 +351,8 @@ def _conflicts(c: PoudriereConf) -> None:
         raise ValueError("BASEFS is required (poudriere.md 2.2)")
     if (c.zpool is None) == (c.no_zfs is None):
         raise ValueError("set exactly one of ZPOOL and NO_ZFS=yes (poudriere.md 2.2)")
+    if c.zpool is not None:
+        POOL.check(c.zpool)
     if c.no_zfs and c.zrootfs is not None:
         raise ValueError("ZROOTFS is a dataset below ZPOOL; it means nothing with NO_ZFS=yes")
     if c.pkg_repo_signing_key is not None and c.signing_command is not None:

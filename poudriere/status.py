@@ -187,10 +187,11 @@ def _port_line(kind: Result, f: list[str], at: _Where) -> PortResult:
         return _replace(port, phase=f[2], errortype=f[3], elapsed=elapsed)
     if kind == "skipped":
         return _replace(port, skipped_because=at.pkgname(f[2]))
-    if kind in ("ignored", "inspected") and not f[2].strip():
+    if kind in ("fetched", "pending"):
+        return port  # a queued line's third field (rdep or ignore reason) is not kept
+    if not f[2].strip():
         raise at.error("no reason given")
-    # A queued line's third field is an rdep or an ignore reason: not kept for pending ports.
-    return port if kind == "pending" else _replace(port, reason=f[2])
+    return _replace(port, reason=f[2])
 
 
 def parse_stat(text: str, source: str) -> int:
@@ -207,7 +208,7 @@ def parse_build_files(files: Mapping[str, str], where: str = "") -> BulkResult:
 
     if ".poudriere.status" not in files:
         raise ParseError(src(".poudriere.status"), 0, "", "missing: the build has not started")
-    found = {n[len(".poudriere.") :]: (t, src(n)) for n, t in files.items()}
+    found = {n[11:]: (t, src(n)) for n, t in files.items() if n.startswith(".poudriere.")}
     stats = {k: parse_stat(*found[f"stats_{k}"]) for k in STATS if f"stats_{k}" in found}
     lists = {k: parse_port_list(k, *found[f"ports.{k}"]) for k in OUTCOMES if f"ports.{k}" in found}
     if "ports.queued" in found:
