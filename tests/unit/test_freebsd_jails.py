@@ -6,13 +6,11 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import defer
-from twisted.python.failure import Failure
 
 from jailfarm.cmd import Cmd, Result, Secret
 from jailfarm.errors import CommandFailed, InvalidName, JailError, ParseError
@@ -35,9 +33,7 @@ from jailfarm.host.jailconf import (
     render_jail_conf,
 )
 from jailfarm.runner import FakeRunner
-
-if TYPE_CHECKING:
-    from collections.abc import Coroutine
+from tests.support import resolve
 
 T = TypeVar("T")
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -77,17 +73,6 @@ def golden(name: str) -> str:
     header, _, body = fixture("jailconf", name).partition("\n\n")
     assert all(line.startswith("#") for line in header.splitlines())
     return body
-
-
-def resolve(coro: Coroutine[Any, Any, T]) -> T:
-    """Drive a coroutine over FakeRunner's already-fired Deferreds and return its result."""
-    box: list[Any] = []
-    defer.ensureDeferred(coro).addBoth(box.append)
-    assert box, "coroutine did not finish synchronously"
-    if isinstance(box[0], Failure):
-        box[0].raiseException()
-    result: T = box[0]
-    return result
 
 
 # ------------------------------------------------------------------------------------------------

@@ -9,9 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from twisted.internet import defer
 from twisted.logger import Logger, LogLevel, formatEvent
-from twisted.python.failure import Failure
 
 from jailfarm.cmd import Cmd, Secret
 from jailfarm.errors import CommandFailed, InvalidName, JailError, ParseError
@@ -19,10 +17,10 @@ from jailfarm.host.base import CAP_NESTED, JailInfo, JailSpec, Mount
 from jailfarm.host.linux import SYSTEM_DIRS, LinuxJails, python_dirs
 from jailfarm.host.nsjail import _parser
 from jailfarm.runner import FakeRunner
+from tests.support import resolve
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Coroutine
 
 T = TypeVar("T")
 
@@ -49,17 +47,6 @@ STATE_W1 = {
 INFO_W1 = JailInfo(
     "w1", 41234, "/jails/w1", "w1.farm.test", {"pidns": "4026532871", "alive": "true"}
 )
-
-
-def resolve(coro: Coroutine[Any, Any, T]) -> T:
-    """Drive a coroutine over FakeRunner's already-fired Deferreds and return its result."""
-    box: list[Any] = []
-    defer.ensureDeferred(coro).addBoth(box.append)
-    assert box, "coroutine did not finish synchronously"
-    if isinstance(box[0], Failure):
-        box[0].raiseException()
-    result: T = box[0]
-    return result
 
 
 def parsed(cmd: Cmd) -> argparse.Namespace:

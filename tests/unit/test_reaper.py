@@ -20,10 +20,8 @@ from buildbot.test.reactor import TestReactorMixin
 from buildbot.worker.latent import States
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from jailfarm.config import load_farm
@@ -43,10 +41,10 @@ from jailfarm.workers.reapplan import (
     build_state_of,
     plan_reap,
 )
-from tests.support import deferred_test
+from tests.support import deferred_test, resolve
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Iterable, Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
     from jailfarm.cmd import Cmd
     from jailfarm.host.base import JailSpec
@@ -312,17 +310,6 @@ class PlanPropertyTests:
 
 
 # ---------------------------------------------------------------------- executor
-
-
-def resolve(coro: Coroutine[Any, Any, T]) -> T:
-    """Drive a coroutine over already-fired Deferreds (the fakes answer at once)."""
-    box: list[Any] = []
-    defer.ensureDeferred(coro).addBoth(box.append)
-    assert box, "coroutine did not finish synchronously"
-    if isinstance(box[0], Failure):
-        box[0].raiseException()
-    result: T = box[0]
-    return result
 
 
 class FakeJails(Jails):
