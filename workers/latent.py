@@ -65,7 +65,9 @@ class JailLatentWorker(AbstractLatentWorker):  # type: ignore[misc]  # buildbot 
         self.cfg: FarmConfig = load_farm(farm_toml)
         kwargs.setdefault("build_wait_timeout", 0)
         kwargs.setdefault("max_builds", 1)
-        kwargs.setdefault("missing_timeout", self.cfg.workers.attach_timeout)
+        # check_instance enforces attach_timeout with the worker's own log as the reason;
+        # buildbot's missing timer (a bare TimeoutError) is only the backstop behind it.
+        kwargs.setdefault("missing_timeout", self.cfg.workers.attach_timeout + 30)
         kwargs.setdefault("check_instance_interval", 2)
         self.host = host
         self.master_host = master_host
@@ -90,6 +92,7 @@ class JailLatentWorker(AbstractLatentWorker):  # type: ignore[misc]  # buildbot 
             )
         except FarmError as e:
             raise LatentWorkerFailedToSubstantiate(self.name, str(e)) from e
+        self._attach_deadline = time.monotonic() + self.cfg.workers.attach_timeout
         return True
 
     def _pb_port(self) -> int:
@@ -100,14 +103,22 @@ class JailLatentWorker(AbstractLatentWorker):  # type: ignore[misc]  # buildbot 
 
     @async_to_deferred
     async def check_instance(self) -> tuple[bool, str]:
-        """Polled until the worker attaches: is buildbot-worker still running in the jail?"""
+        """Polled until the worker attaches: is buildbot-worker still running in the jail, and
+        is it within workers.attach_timeout? Either failure ends the attempt with the worker's
+        own log as the reason (shown in the build's worker_preparation step)."""
         result = await self.platform.jails.exec(
             self.name, workerplan.worker_alive_argv(), user=WORKER_USER, timeout=30
         )
-        if result.ok:
+        if result.ok and time.monotonic() < getattr(self, "_attach_deadline", float("inf")):
             return True, ""
         log = await self.platform.jails.exec(self.name, workerplan.worker_log_argv(), timeout=30)
-        return False, f"buildbot-worker is not running; twistd.log ends:\n{log.out[-1500:]}"
+        what = (
+            f"buildbot-worker did not attach within workers.attach_timeout "
+            f"({self.cfg.workers.attach_timeout} s) to {self.master_host}:{self._pb_port()}"
+            if result.ok
+            else "buildbot-worker is not running"
+        )
+        return False, f"{what}; its twistd.log ends:\n{log.out[-1500:]}"
 
     # ------------------------------------------------------------------ stop
 

@@ -164,7 +164,8 @@ class WorkerThatNeverAttachesTests(_Helpers):
         self.assertEqual(build["results"], RETRY)
         self.assertLess(elapsed, self.attach_timeout + 30)
         log = await self.preparation_log(build["buildid"])
-        self.assertIn("TimeoutError", log)
+        self.assertIn("did not attach within workers.attach_timeout (6 s) to 127.0.0.2:", log)
+        self.assertIn("twistd.log ends:", log)
         await self.nothing_left()
 
 
