@@ -12,8 +12,8 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-packages="zfs-fuse nginx bmake git util-linux python3 python3-venv ca-certificates openssh-client
-    openssh-server"
+packages="zfs-fuse nginx bmake gcc libc6-dev patch git util-linux python3 python3-venv
+    ca-certificates openssh-client openssh-server"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

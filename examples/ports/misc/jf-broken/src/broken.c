@@ -1,0 +1,6 @@
+/* jf-broken: never built (the port is IGNOREd). */
+int
+main(void)
+{
+	return 1;
+}
