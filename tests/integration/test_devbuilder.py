@@ -1,0 +1,207 @@
+"""The dev-host bulk builder (`jailfarm-poudriere`) on the demo ports tree, with the real bmake
+and cc. Everything (etcdir, POUDRIERE_DATA, tree copies) lives under tmp_path; no root, zfs
+or jails are needed. The results are read with the parsers the PoudriereBulk step uses."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from jailfarm.poudriere.devbuilder import main
+from jailfarm.poudriere.pkgfile import read_package
+from jailfarm.poudriere.status import BulkResult, judge, parse_build_files, parse_data_json
+
+ROOT = Path(__file__).resolve().parents[2]
+TREE = ROOT / "examples" / "ports"
+ALL = {
+    "devel/libjf": "libjf-1.2.0",
+    "devel/jf-buildtool": "jf-buildtool-2.0",
+    "devel/jf-flaky": "jf-flaky-0.9",
+    "misc/jf-hello": "jf-hello-1.0_1",
+    "misc/jf-cowsay": "jf-cowsay-0.3",
+    "misc/jf-meta": "jf-meta-1.0",
+    "textproc/jf-wc": "jf-wc-1.1",
+    "textproc/jf-docs": "jf-docs-2024.1,1",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def zfs_daemon() -> None:
+    """These tests need bmake and cc only: override the directory's zfs-fuse fixture."""
+    for tool in ("bmake", "cc", "patch", "sha256sum"):
+        if not shutil.which(tool):
+            pytest.fail(f"the demo ports tree needs {tool}: install it (apt-get install {tool})")
+
+
+@dataclass
+class Farm:
+    """An etcdir with one jail and one registered tree, and the data directory."""
+
+    etc: Path
+    tree: Path
+
+    @property
+    def data(self) -> Path:
+        return self.etc / "data"
+
+    @property
+    def packages(self) -> Path:
+        return self.data / "packages" / "j141-demo"
+
+    def run(self, *args: str) -> int:
+        return main(["-e", str(self.etc), "-N", *args])
+
+    def bulk(self, name: str, *args: str) -> tuple[int, BulkResult]:
+        rc = self.run("bulk", "-j", "j141", "-p", "demo", "-J", "2", "-B", name, *args)
+        d = self.data / "logs" / "bulk" / "j141-demo" / name
+        files = {p.name: p.read_text() for p in d.iterdir() if p.name.startswith(".poudriere.")}
+        result = parse_build_files(files, str(d))
+        from_json = parse_data_json((d / ".data.json").read_text())
+        assert from_json.status == result.status and from_json.stats == result.stats
+        assert set(from_json.ports or ()) == set(result.ports or ())
+        return rc, result
+
+    def pkg(self, pkgname: str) -> Path:
+        return self.packages / ".latest" / "All" / f"{pkgname}.pkg"
+
+
+def make_farm(tmp_path: Path, tree: Path = TREE) -> Farm:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "poudriere.conf").write_text(f"POUDRIERE_DATA='{etc / 'data'}'\nPARALLEL_JOBS=2\n")
+    farm = Farm(etc, tree)
+    assert farm.run("jail", "-c", "-j", "j141", "-v", "14.1-RELEASE", "-a", "amd64") == 0
+    assert farm.run("ports", "-c", "-p", "demo", "-m", "null", "-M", str(tree)) == 0
+    return farm
+
+
+def built(result: BulkResult) -> set[str]:
+    return {p.origin for p in result.by_result("built")}
+
+
+def test_full_bulk_builds_everything_then_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    farm = make_farm(tmp_path)
+    rc, result = farm.bulk("b1", "-a")
+    assert rc == 0
+    assert result.status.raw == "stopped:done:"
+    assert built(result) == set(ALL)
+    assert [(p.origin, p.reason) for p in result.by_result("ignored")] == [
+        ("misc/jf-broken", "is for testing IGNORE")
+    ]
+    assert judge(result, exit_code=rc).outcome == "success"
+    out = capsys.readouterr().out
+    assert "Building 8 packages using up to 2 builders" in out
+    assert "Finished misc/jf-hello | jf-hello-1.0_1: Success" in out
+    for pkgname in ALL.values():
+        manifest, _ = read_package(farm.pkg(pkgname))
+        assert manifest["abi"] == "FreeBSD:14:amd64"
+    hello, files = read_package(farm.pkg("jf-hello-1.0_1"))
+    assert hello["deps"] == {"libjf": {"origin": "devel/libjf", "version": "1.2.0"}}
+    assert "/usr/local/bin/jf-hello" in {f.path for f in files}
+    first_real = (farm.packages / ".latest").readlink()
+    assert (farm.packages / ".latest" / ".buildname").read_text() == "b1\n"
+
+    rc, again = farm.bulk("b2", "-a")
+    assert (rc, built(again), again.stats.tobuild) == (0, set(), 0)
+    assert judge(again, exit_code=rc).outcome == "success"
+    real = (farm.packages / ".latest").readlink()
+    assert real != first_real and (farm.packages / first_real).is_dir()  # previous kept
+    assert not (farm.packages / ".building").exists()
+    assert sorted(p.name[:-4] for p in (farm.packages / real / "All").iterdir()) == sorted(
+        ALL.values()
+    )
+    rc, one = farm.bulk("b3", "misc/jf-hello")  # nothing queued: empty lists still parse
+    assert (rc, one.stats.queued, judge(one, exit_code=rc).outcome) == (0, 0, "success")
+    assert len(list((farm.packages / ".latest" / "All").iterdir())) == len(ALL)  # none pruned
+    index = json.loads((farm.data / "logs/bulk/j141-demo/.data.json").read_text())
+    assert index["builds"]["latest"] == "b3" and set(index["builds"]) == {
+        "b1",
+        "b2",
+        "b3",
+        "latest",
+    }
+    assert (farm.data / "logs/bulk/j141-demo/latest").readlink() == Path("b3")
+    assert len(list(farm.packages.glob(".real_*"))) == 2  # the newest and the previous one
+
+
+def test_a_portrevision_bump_rebuilds_the_port_and_its_dependents_only(tmp_path: Path) -> None:
+    tree = tmp_path / "ports"
+    shutil.copytree(TREE, tree)
+    farm = make_farm(tmp_path, tree)
+    assert farm.bulk("b1", "-a")[0] == 0
+    makefile = tree / "devel/libjf/Makefile"
+    makefile.write_text(
+        makefile.read_text().replace("CATEGORIES=", "PORTREVISION=\t1\nCATEGORIES=", 1)
+    )
+    rc, result = farm.bulk("b2", "-a")
+    assert rc == 0
+    assert built(result) == {"devel/libjf", "misc/jf-hello", "misc/jf-cowsay", "misc/jf-meta"}
+    assert farm.pkg("libjf-1.2.0_1").is_file() and not farm.pkg("libjf-1.2.0").exists()
+    hello, _ = read_package(farm.pkg("jf-hello-1.0_1"))
+    assert hello["deps"]["libjf"]["version"] == "1.2.0_1"
+
+
+def test_a_failure_skips_its_dependents_and_the_exit_code_counts_them(tmp_path: Path) -> None:
+    tree = tmp_path / "ports"
+    shutil.copytree(TREE, tree)
+    # jf-cowsay run-depends on jf-flaky in this copy, so jf-meta depends on it as well.
+    cowsay = tree / "misc/jf-cowsay/Makefile"
+    cowsay.write_text(
+        cowsay.read_text().replace("RUN_DEPENDS=", "RUN_DEPENDS=\tjf-flaky:devel/jf-flaky ", 1)
+    )
+    farm = make_farm(tmp_path, tree)
+    (farm.etc / "poudriere.d" / "j141-make.conf").write_text("JF_FAIL=yes\n")
+    rc, result = farm.bulk("b1", "misc/jf-meta")
+    failed = result.by_result("failed")
+    assert [(p.origin, p.phase) for p in failed] == [("devel/jf-flaky", "build")]
+    skipped = {p.origin: p.skipped_because for p in result.by_result("skipped")}
+    assert skipped == {"misc/jf-cowsay": "jf-flaky-0.9", "misc/jf-meta": "jf-flaky-0.9"}
+    assert rc == 3
+    verdict = judge(result, exit_code=rc)
+    assert verdict.outcome == "failure", verdict
+    log = farm.data / "logs/bulk/j141-demo/b1/logs/errors/jf-flaky-0.9.log"
+    assert "failing in the build phase because JF_FAIL=yes" in log.read_text()
+    assert farm.pkg("jf-hello-1.0_1").is_file()  # committed despite the failure
+
+
+def test_errors_are_reported_like_poudriere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    farm = make_farm(tmp_path)
+    rc = farm.run("bulk", "-j", "j141", "-p", "demo", "misc/nonexistent", "misc/jf-hello")
+    assert rc == 1
+    assert "misc/nonexistent" in capsys.readouterr().err
+    assert farm.run("bulk", "-j", "nojail", "-p", "demo", "-a") == 1
+    assert farm.run("bulk", "-j", "j141", "-p", "notree", "-a") == 2
+    assert farm.run("testport", "-j", "j141", "misc/jf-hello") == 64
+    rc = farm.run("bulk", "-j", "j141", "-p", "demo", "-n", "misc/jf-hello")
+    assert rc == 0
+    assert "Would build 2 packages using 2 builders" in capsys.readouterr().out
+
+
+def test_jail_kill_cleans_up_after_a_killed_bulk(tmp_path: Path) -> None:
+    farm = make_farm(tmp_path)
+    d = farm.data / "logs/bulk/j141-demo/dead"
+    d.mkdir(parents=True)
+    (d / ".poudriere.status").write_text("parallel_build:\n")
+    (farm.data / "logs/bulk/j141-demo/latest").symlink_to("dead")
+    (farm.packages / ".building/All").mkdir(parents=True)
+    (farm.data / ".m/j141-demo/01").mkdir(parents=True)
+    assert farm.run("jail", "-k", "-j", "j141", "-p", "demo") == 0
+    assert (d / ".poudriere.status").read_text() == "stopped:parallel_build:\n"
+    assert not (farm.packages / ".building").exists()
+    assert not (farm.data / ".m/j141-demo").exists()
+
+
+def test_the_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "jailfarm-poudriere"
+    r = subprocess.run([script, "--help"], capture_output=True, text=True, check=False)
+    assert r.returncode == 0 and "Not implemented yet: testport, options, status" in r.stdout
