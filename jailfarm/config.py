@@ -214,6 +214,8 @@ class FarmConfig:
     signing: SigningConfig
     web: WebConfig
     database: DatabaseConfig
+    # What a bulk whose ports failed is: "failure" (the build fails) or "warnings".
+    on_port_failure: str = "failure"
 
 
 def load_farm(path: str | os.PathLike[str]) -> FarmConfig:
@@ -247,7 +249,7 @@ def parse_farm(data: Mapping[str, object], source: str = "farm.toml") -> FarmCon
     hosts = _jail_hosts(top)
     workers = _workers(top.table("workers"), platform)
     template = _template(top.table("template"), platform)
-    jails = _poudriere_jails(top)
+    jails, on_port_failure = _poudriere(top)
     trees = _trees(top)
     sets = _sets(top)
     publish = _publish(top.table("publish"), state_dir)
@@ -276,6 +278,7 @@ def parse_farm(data: Mapping[str, object], source: str = "farm.toml") -> FarmCon
         signing=signing,
         web=web,
         database=database,
+        on_port_failure=on_port_failure,
     )
 
 
@@ -402,9 +405,10 @@ def _template(t: cs.Table, platform: str) -> TemplateConfig:
     return TemplateConfig(version, packages, keep)
 
 
-def _poudriere_jails(top: cs.Table) -> tuple[PoudriereJail, ...]:
+def _poudriere(top: cs.Table) -> tuple[tuple[PoudriereJail, ...], str]:
     p = top.table("poudriere")
     tables = p.tables("jails")
+    on_port_failure = p.get("on_port_failure", cs.choice("failure", "warnings"), "failure")
     p.done()
     if not tables and top.report.ok("poudriere.jails"):
         expected = "at least one [[poudriere.jails]] table with name, version and arch"
@@ -418,7 +422,7 @@ def _poudriere_jails(top: cs.Table) -> tuple[PoudriereJail, ...]:
         jails.append(PoudriereJail(name, version, t.get("arch", cs.arch, "amd64")))
         t.done()
     _unique(top.report, "poudriere.jails", [j.name for j in jails])
-    return tuple(jails)
+    return tuple(jails), on_port_failure
 
 
 def _trees(top: cs.Table) -> tuple[PortsTree, ...]:

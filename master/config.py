@@ -7,16 +7,23 @@ setting comes from the farm file copied next to it, so what a master runs is rep
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from buildbot.plugins import schedulers, steps, util
 
-from jailfarm.config import FarmConfig, load_farm
+from jailfarm.config import FarmConfig, PortSet, PortsTree, PoudriereJail, load_farm
+from jailfarm.master.steps import PoudriereBulk
+from jailfarm.poudriere.conf import PoudriereConf, etc_files, farm_conf
 from jailfarm.workers.latent import JailLatentWorker
 from jailfarm.workers.layout import worker_slots
 from jailfarm.workers.reaper import ReaperService
 
 JAIL_CHECK = "jail-check"
+# poudriere's configuration and data inside a worker jail (the worker user's home: writable,
+# and thrown away with the jail).
+POUDRIERE_ETC = "/home/buildbot/poudriere"
+POUDRIERE_DATA = f"{POUDRIERE_ETC}/data"
 
 
 def jail_check_factory() -> util.BuildFactory:
@@ -30,6 +37,115 @@ def jail_check_factory() -> util.BuildFactory:
         factory.addStep(
             steps.ShellCommand(name=name, command=command, logEnviron=False, haltOnFailure=True)
         )
+    return factory
+
+
+def poudriere_program(cfg: FarmConfig) -> str:
+    """poudriere on FreeBSD; on the dev host, our poudriere-compatible builder from the venv
+    (bind-mounted read-only into every worker jail at the same path)."""
+    if cfg.platform == "freebsd":
+        return "/usr/local/bin/poudriere"
+    return os.path.join(os.path.dirname(sys.executable), "jailfarm-poudriere")
+
+
+def bulk_builder_name(jail: PoudriereJail, tree: PortsTree, pset: PortSet) -> str:
+    name = f"bulk-{jail.name}-{tree.name}"
+    return name if pset.name == "default" else f"{name}-{pset.name}"
+
+
+def bulk_factory(
+    cfg: FarmConfig, jail: PoudriereJail, tree: PortsTree, pset: PortSet
+) -> util.BuildFactory:
+    """Check the ports tree out at the pushed commit; on the dev host, write poudriere's
+    configuration (poudriere.conf, each set's make.conf and list) and register the jail and the
+    tree; then bulk the set's packages (every port when it lists none)."""
+    program = poudriere_program(cfg)
+    factory = util.BuildFactory()
+    factory.addStep(
+        steps.Git(
+            name="ports-tree",
+            repourl=tree.url,
+            branch=tree.branch,
+            mode="full",
+            method="clobber",
+            workdir="ports",
+            logEnviron=False,
+            haltOnFailure=True,
+        )
+    )
+    if cfg.platform == "linux-dev":
+        # On FreeBSD the template carries poudriere's jails and trees (provisioning); the dev
+        # host's builder registers the jail and the checked-out tree for each build.
+        poudriere = [program, "-e", POUDRIERE_ETC]
+        conf = farm_conf(
+            cfg, PoudriereConf(basefs=POUDRIERE_ETC, no_zfs=True, poudriere_data=POUDRIERE_DATA)
+        )
+        for etc in etc_files(cfg, conf):
+            factory.addStep(
+                steps.StringDownload(
+                    etc.text,
+                    name="etc-" + etc.path.replace("/", "-").replace(".", "-"),
+                    mode=0o644,
+                    workerdest=f"{POUDRIERE_ETC}/{etc.path}",
+                    haltOnFailure=True,
+                )
+            )
+        factory.addStep(
+            steps.ShellSequence(
+                name="poudriere-setup",
+                logEnviron=False,
+                haltOnFailure=True,
+                commands=[
+                    util.ShellArg(
+                        command=[
+                            *poudriere,
+                            "jail",
+                            "-c",
+                            "-j",
+                            jail.name,
+                            "-v",
+                            jail.version,
+                            "-a",
+                            jail.arch,
+                            "-m",
+                            "null",
+                        ],
+                        logname="jail",
+                        haltOnFailure=True,
+                    ),
+                    util.ShellArg(
+                        command=[
+                            *poudriere,
+                            "ports",
+                            "-c",
+                            "-p",
+                            tree.name,
+                            "-m",
+                            "null",
+                            "-M",
+                            util.Interpolate("%(prop:builddir)s/ports"),
+                        ],
+                        logname="ports",
+                        haltOnFailure=True,
+                    ),
+                ],
+            )
+        )
+    factory.addStep(
+        PoudriereBulk(
+            jail=jail.name,
+            tree=tree.name,
+            set_name=pset.name,
+            etcdir=POUDRIERE_ETC,
+            data_dir=POUDRIERE_DATA,
+            poudriere=program,
+            builders=cfg.workers.builders,
+            origins=list(pset.packages),
+            all_ports=not pset.packages,
+            on_port_failure=cfg.on_port_failure,
+            buildname_prefix=cfg.prefix,
+        )
+    )
     return factory
 
 
@@ -54,6 +170,17 @@ def build_config(cfg: FarmConfig, farm_toml: str) -> dict[str, Any]:
         for slot in worker_slots(cfg)
     ]
     names = [w.name for w in workers]
+    bulks = [
+        util.BuilderConfig(
+            name=bulk_builder_name(j, t, s),
+            workernames=names,
+            factory=bulk_factory(cfg, j, t, s),
+            collapseRequests=False,
+        )
+        for j in cfg.poudriere_jails
+        for t in cfg.trees
+        for s in cfg.sets
+    ]
     return {
         "title": f"jailfarm {cfg.name}",
         "titleURL": cfg.web.url,
@@ -75,8 +202,12 @@ def build_config(cfg: FarmConfig, farm_toml: str) -> dict[str, Any]:
                 factory=jail_check_factory(),
                 collapseRequests=False,
             ),
+            *bulks,
         ],
-        "schedulers": [schedulers.ForceScheduler(name="force", builderNames=[JAIL_CHECK])],
+        "schedulers": [
+            schedulers.ForceScheduler(name="force", builderNames=[JAIL_CHECK]),
+            schedulers.ForceScheduler(name="force-bulk", builderNames=[b.name for b in bulks]),
+        ],
         "services": [ReaperService(farm_toml)],
         # Fan-out per ABI must never merge requests that differ only in properties
         # (buildbot-spec 4, "collapseRequests=False is required").

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -28,9 +29,11 @@ from jailfarm.errors import FarmError
 from jailfarm.host import zfsfuse
 from jailfarm.host.platform import host_platforms, make_platform
 from jailfarm.host.zfs import Zfs
+from jailfarm.master.config import bulk_builder_name
 from jailfarm.workers import layout
 from jailfarm.workers.reaper import reap_command
 from jailfarm.workers.template import current_snapshot, template_command
+from jailfarm.workers.workerplan import local_tree_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,7 +43,7 @@ if TYPE_CHECKING:
 
     Say = Callable[[str], None]
 
-FIRST_BUILDER = "jail-check"
+DEMO_TREE = Path(__file__).resolve().parents[1] / "examples" / "ports"
 
 
 @dataclass
@@ -109,6 +112,7 @@ class DevHost:
         state = UpState.load(self.state_path)
         await self._storage(state)
         await self._template()
+        await self._ports_trees()
         await self._master(state)
         if not first_build:
             return 0
@@ -275,44 +279,70 @@ class DevHost:
         raise FarmError(f"build request {request_id} did not finish within {timeout:.0f} s")
 
     async def _first_build(self) -> int:
+        """The farm's main job on the demo: a poudriere bulk of the first jail, tree and set,
+        in a fresh worker jail; prints the steps and the per-port results."""
+        cfg = self.cfg
+        builder = bulk_builder_name(cfg.poudriere_jails[0], cfg.trees[0], cfg.sets[0])
         t = time.monotonic()
-        request = await self.force(FIRST_BUILDER, "jailfarm up: first build on a jail worker")
-        self.say(f"forced {FIRST_BUILDER} (build request {request}); waiting for a worker jail")
-        build = await self.wait_build(request, self.cfg.workers.attach_timeout + 120)
+        request = await self.force(builder, "jailfarm up: first bulk", "force-bulk")
+        self.say(f"forced {builder} (build request {request}); waiting for a worker jail")
+        build = await self.wait_build(request, cfg.workers.attach_timeout + 900)
         steps = (await self._get(f"builds/{build['buildid']}/steps"))["steps"]
         for step in steps:
             self.say(f"  step {step['name']}: {step['state_string']}")
-        where = next((s for s in steps if s["name"] == "where"), None)
-        if where is not None:
-            logs = (await self._get(f"steps/{where['stepid']}/logs"))["logs"]
-            if logs:
-                response = await treq.get(
-                    f"{self.api}/logs/{logs[0]['logid']}/raw", timeout=10, persistent=False
-                )
-                text = (await response.text()).strip().splitlines()
-                for line in [
-                    t
-                    for t in text
-                    if not t.startswith(
-                        (
-                            " ",
-                            "Builder:",
-                            "Build number:",
-                            "Worker name:",
-                            "sh -c",
-                            "program finished",
-                            "elapsedTime",
-                        )
-                    )
-                ][:4]:
-                    self.say(f"    | {line}")
+            if step["name"] == "poudriere-bulk":
+                for log in (await self._get(f"steps/{step['stepid']}/logs"))["logs"]:
+                    if log["name"] == "ports":
+                        for line in (await self.raw_log(log["logid"])).splitlines():
+                            self.say(f"    | {line}")
         ok = build["results"] == 0
-        self.say(
-            f"build {build['buildid']} "
-            f"{'succeeded' if ok else 'FAILED: ' + build['state_string']} "
-            f"in {time.monotonic() - t:.1f} s"
-        )
+        verdict = "succeeded" if ok else "FAILED: " + build["state_string"]
+        self.say(f"build {build['buildid']} {verdict} in {time.monotonic() - t:.1f} s")
         return 0 if ok else 1
+
+    async def _ports_trees(self) -> None:
+        """Make each ports tree whose URL is a missing local repository from the demo tree
+        shipped in examples/ports (the demo farm's `file://<state_dir>/src/ports.git`)."""
+        for tree in self.cfg.trees:
+            path = local_tree_path(tree.url)
+            if path is None or Path(path).exists():
+                continue
+            if not DEMO_TREE.is_dir():
+                raise FarmError(
+                    f"ports tree {tree.name}: {path} does not exist, and there is no "
+                    f"demo tree at {DEMO_TREE} to make it from"
+                )
+            await self._seed(Path(path), tree.branch)
+            self.say(f"ports tree {tree.name}: made {path} (branch {tree.branch}) from {DEMO_TREE}")
+
+    async def _seed(self, repo: Path, branch: str) -> None:
+        work = Path(tempfile.mkdtemp(prefix="jf-seed-"))
+        try:
+            shutil.copytree(
+                DEMO_TREE,
+                work / "ports",
+                ignore=shutil.ignore_patterns("work", "distfiles", "__pycache__"),
+            )
+            git = (
+                "git",
+                "-C",
+                str(work / "ports"),
+                "-c",
+                "user.name=jailfarm",
+                "-c",
+                "user.email=jailfarm@jailfarm.invalid",
+            )
+            repo.parent.mkdir(parents=True, exist_ok=True)
+            for cmd in (
+                ("git", "init", "-q", "--bare", f"--initial-branch={branch}", str(repo)),
+                ("git", "init", "-q", f"--initial-branch={branch}", str(work / "ports")),
+                (*git, "add", "-A"),
+                (*git, "commit", "-q", "-m", "The jailfarm demo ports tree"),
+                (*git, "push", "-q", str(repo), f"HEAD:refs/heads/{branch}"),
+            ):
+                (await self.runner.run(Cmd(cmd, timeout=120))).check()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     # ------------------------------------------------------------------ status
 

@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from jailfarm.cmd import Cmd, Secret
-from jailfarm.host.base import WORKER_UID, JailSpec
+from jailfarm.host.base import WORKER_UID, JailSpec, Mount
 from jailfarm.workers import layout
 
 if TYPE_CHECKING:
@@ -93,6 +93,7 @@ def jail_spec(cfg: FarmConfig, name: str, root: str) -> JailSpec:
     return JailSpec(
         name=name,
         path=root,
+        mounts=tree_mounts(cfg),
         hostname=f"{name}.{cfg.name}",
         profile="worker",
         children_max=cfg.workers.children_max,
@@ -100,6 +101,20 @@ def jail_spec(cfg: FarmConfig, name: str, root: str) -> JailSpec:
         devfs_ruleset=cfg.workers.devfs_ruleset or 4,
         rctl=rctl,
     )
+
+
+def local_tree_path(url: str) -> str | None:
+    """The directory of a ports tree that lives on the jail host (a file:// URL or a path)."""
+    if url.startswith("file://"):
+        return url.removeprefix("file://")
+    return url if url.startswith("/") else None
+
+
+def tree_mounts(cfg: FarmConfig) -> tuple[Mount, ...]:
+    """Ports trees on the jail host, shown read-only at the same path inside worker jails so
+    the build's checkout step can clone them."""
+    paths = sorted({p for t in cfg.trees if (p := local_tree_path(t.url))})
+    return tuple(Mount(p, p, read_only=True) for p in paths)
 
 
 def _worker_bin(platform: str) -> str:

@@ -43,3 +43,8 @@ def populate(root: Path, hostname: str = "template") -> None:
     resolv = Path("/etc/resolv.conf")
     (root / "etc/resolv.conf").write_text(resolv.read_text() if resolv.exists() else "")
     (root / "etc/fstab").touch()  # some programs fail without one (jails spec a.1 #5)
+    # The worker clones ports trees owned by root on the host (bind-mounted read-only); git
+    # would refuse them as "dubious ownership" without this, and the jail is thrown away.
+    gitconfig = home / ".gitconfig"
+    gitconfig.write_text("[safe]\n\tdirectory = *\n")
+    os.chown(gitconfig, WORKER_UID, WORKER_UID)

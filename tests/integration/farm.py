@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # so tests can look at jails while builds run.
 TEST_MASTER_CFG = """
 import os
+import sys
 from buildbot.plugins import schedulers, steps, util
 from jailfarm.master.config import master_config
 from jailfarm.workers.latent import JailLatentWorker
@@ -43,6 +44,26 @@ c["builders"].append(util.BuilderConfig(name="hold", workernames=names, factory=
 c["schedulers"].append(schedulers.ForceScheduler(
     name="force-hold", builderNames=["hold"],
     properties=[util.StringParameter(name="hold", default="0")]))
+# After the bulk: check every package of the new repository with jailfarm's pkg reader,
+# inside the worker jail (the packages go with the jail).
+for b in c["builders"]:
+    if b.name.startswith("bulk-"):
+        b.factory.addStep(steps.ShellCommand(
+            name="check-packages", logEnviron=False, haltOnFailure=True,
+            command=[sys.executable, "-c", {check!r},
+                     "/home/buildbot/poudriere/data/packages/141amd64-default-default"]))
+"""
+
+
+CHECK_PACKAGES = """\
+import glob, pathlib, sys
+from jailfarm.poudriere.pkgfile import read_package
+paths = sorted(glob.glob(sys.argv[1] + "/.latest/All/*.pkg"))
+for path in paths:
+    manifest, files = read_package(pathlib.Path(path))
+    deps = ",".join(sorted(manifest.get("deps", {})))
+    print(manifest["name"], manifest["version"], len(files), "files", "deps=" + deps)
+print(len(paths), "valid packages")
 """
 
 
@@ -86,7 +107,7 @@ class FarmTestCase(unittest.TestCase):
             str(self.farm_toml),
             LocalRunner(),
             self.lines.append,
-            master_cfg=TEST_MASTER_CFG.format(master_host=self.master_host),
+            master_cfg=TEST_MASTER_CFG.format(master_host=self.master_host, check=CHECK_PACKAGES),
         )
         await self.host.up(first_build=False)
 

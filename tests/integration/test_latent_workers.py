@@ -182,3 +182,45 @@ class PoolBelowReserveTests(_Helpers):
         self.assertIn(f"space guard: pool {self.cfg.zfs.pool} on jail host local has", log)
         self.assertIn("below the reserve of 1000 MiB", log)
         self.assertEqual(await self.clones(), {})
+
+
+class PoudriereBulkTests(_Helpers):
+    @deferred_test
+    async def test_a_bulk_of_the_demo_tree_in_a_worker_jail(self) -> None:
+        request = await self.host.force("bulk-141amd64-default", "test", "force-bulk")
+        build = await self.first_build(request)
+        buildid = build["buildid"]
+        steps = {s["name"]: s for s in (await self.get(f"builds/{buildid}/steps"))["steps"]}
+        logs = {}
+        for name in ("poudriere-bulk", "check-packages"):
+            for log in (await self.get(f"steps/{steps[name]['stepid']}/logs"))["logs"]:
+                logs[(name, log["name"])] = await self.host.raw_log(log["logid"])
+        self.assertEqual(build["results"], 0, logs.get(("check-packages", "stdio")))
+        self.assertEqual(
+            steps["poudriere-bulk"]["state_string"],
+            "bulk 141amd64-default-default: 8 built, 0 failed, 0 skipped, 1 ignored",
+        )
+        props = (await self.get(f"builds/{buildid}?property=*"))["builds"][0]["properties"]
+        built = props["poudriere_built"][0]
+        self.assertEqual(
+            sorted(built),
+            [
+                "devel/jf-buildtool",
+                "devel/jf-flaky",
+                "devel/libjf",
+                "misc/jf-cowsay",
+                "misc/jf-hello",
+                "misc/jf-meta",
+                "textproc/jf-docs",
+                "textproc/jf-wc",
+            ],
+        )
+        self.assertEqual(props["poudriere_ignored"][0], ["misc/jf-broken"])
+        self.assertEqual(props["poudriere_failed"][0], [])
+        table = logs[("poudriere-bulk", "ports")]
+        self.assertIn("misc/jf-hello", table)
+        self.assertIn("is for testing IGNORE", table)
+        check = logs[("check-packages", "stdio")]
+        self.assertIn("8 valid packages", check)
+        self.assertRegex(check, r"jf-hello 1\.0_1 \d+ files deps=libjf")
+        await self.nothing_left()

@@ -766,3 +766,19 @@ def test_remote_jail_hosts_need_a_master_address_they_can_reach() -> None:
     ]
     cfg = parse_farm({**data, "workers": {"master_address": "10.1.2.3"}})
     assert cfg.workers.master_address == "10.1.2.3"
+
+
+def test_poudriere_result_policy() -> None:
+    data = {
+        "farm": {"platform": "linux-dev"},
+        "zfs": {"pool": "jailfarm", "root": "jailfarm/farm"},
+        "poudriere": {"jails": [{"name": "141amd64", "version": "14.1-RELEASE"}]},
+        "trees": [{"name": "default", "url": "/srv/ports"}],
+    }
+    assert parse_farm(data).on_port_failure == "failure"
+    data["poudriere"]["on_port_failure"] = "warnings"  # type: ignore[index]
+    assert parse_farm(data).on_port_failure == "warnings"
+    data["poudriere"]["on_port_failure"] = "ignore"  # type: ignore[index]
+    with pytest.raises(ConfigError) as info:
+        parse_farm(data)
+    assert info.value.problems[0].startswith("poudriere.on_port_failure: 'ignore'")

@@ -165,10 +165,10 @@ class BuilderAndSchedulerTests:
     def test_requests_are_never_collapsed(self) -> None:
         c = config()
         assert c["collapseRequests"] is False
-        assert [b.collapseRequests for b in c["builders"]] == [False]
+        assert [b.collapseRequests for b in c["builders"]] == [False, False]
 
     def test_jail_check_builder_runs_on_every_worker(self) -> None:
-        (builder,) = config()["builders"]
+        builder = config()["builders"][0]
         assert builder.name == JAIL_CHECK == "jail-check"
         assert builder.workernames == ["jfw1", "jfw2", "jfw3"]
         steps = builder.factory.steps
@@ -177,10 +177,23 @@ class BuilderAndSchedulerTests:
         assert all(s.kwargs["haltOnFailure"] and not s.kwargs["logEnviron"] for s in steps)
 
     def test_a_force_scheduler_for_the_jail_check(self) -> None:
-        (scheduler,) = config()["schedulers"]
+        scheduler = config()["schedulers"][0]
         assert isinstance(scheduler, ForceScheduler)
         assert scheduler.name == "force"
         assert scheduler.builderNames == [JAIL_CHECK]
+
+    def test_one_bulk_builder_per_jail_tree_and_set(self) -> None:
+        builder = config()["builders"][1]
+        assert builder.name == "bulk-141amd64-default"
+        assert builder.workernames == ["jfw1", "jfw2", "jfw3"]
+        names = [s.kwargs.get("name") or s.step_class.name for s in builder.factory.steps]
+        # This farm's default set has no make.conf settings: only poudriere.conf is written.
+        assert names == ["ports-tree", "etc-poudriere-conf", "poudriere-setup", "poudriere-bulk"]
+        bulk = builder.factory.steps[-1]
+        assert bulk.kwargs["jail"] == "141amd64" and bulk.kwargs["all_ports"] is True
+        assert bulk.kwargs["poudriere"].endswith("/jailfarm-poudriere")
+        force = config()["schedulers"][1]
+        assert (force.name, force.builderNames) == ("force-bulk", ["bulk-141amd64-default"])
 
     def test_the_reaper_service_reads_the_same_farm_file(self) -> None:
         (reaper,) = config()["services"]
@@ -194,7 +207,7 @@ class BuildbotAcceptsTests:
         master = MasterConfig.loadFromDict(config(), "master.cfg")
         assert [w.name for w in master.workers] == ["jfw1", "jfw2", "jfw3"]
         assert list(master.builders[0].workernames) == ["jfw1", "jfw2", "jfw3"]
-        assert set(master.schedulers) == {"force"}
+        assert set(master.schedulers) == {"force", "force-bulk"}
         assert set(master.services) == {"jailfarm-reaper"}
         assert master.protocols == {"pb": {"port": "tcp:9990:interface=10.0.0.1"}}
         assert master.db.db_url == PG_URL
