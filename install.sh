@@ -45,4 +45,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
     rm -f "$log"
     touch "$stamp"
 fi
+# The dev host's poudriere is jailfarm's poudriere-compatible builder (worker jails find it first
+# on their PATH); the venv is the only place it is called poudriere.
+ln -sf jailfarm-poudriere .venv/bin/poudriere
 echo "install.sh: ready ($(.venv/bin/python --version), buildbot $(.venv/bin/python -c 'import buildbot; print(buildbot.version)'))"

@@ -7,7 +7,6 @@ setting comes from the farm file copied next to it, so what a master runs is rep
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 from buildbot.plugins import schedulers, steps, util
@@ -41,11 +40,10 @@ def jail_check_factory() -> util.BuildFactory:
 
 
 def poudriere_program(cfg: FarmConfig) -> str:
-    """poudriere on FreeBSD; on the dev host, our poudriere-compatible builder from the venv
-    (bind-mounted read-only into every worker jail at the same path)."""
-    if cfg.platform == "freebsd":
-        return "/usr/local/bin/poudriere"
-    return os.path.join(os.path.dirname(sys.executable), "jailfarm-poudriere")
+    """`poudriere` from the worker's PATH: the real one on FreeBSD; on the dev host our
+    poudriere-compatible builder, which install.sh links as `poudriere` into the venv's bin,
+    first on the PATH of every worker jail (workerplan.tool_dirs)."""
+    return "poudriere"
 
 
 def bulk_builder_name(jail: PoudriereJail, tree: PortsTree, pset: PortSet) -> str:

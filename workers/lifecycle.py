@@ -48,7 +48,9 @@ async def start_worker_jail(
     if info is None or not info.mountpoint or not info.mounted:
         # Never write the password into whatever filesystem holds an unmounted mountpoint.
         raise FarmError(f"clone {clone} is not mounted; not starting a worker on it")
-    tac = workerplan.worker_tac(master[0], master[1], name, password)
+    tac = workerplan.worker_tac(
+        master[0], master[1], name, password, workerplan.tool_dirs(platform.name)
+    )
     for cmd in workerplan.write_worker_files(info.mountpoint, tac):
         (await jails.runner.run(cmd)).check()
     await jails.start(workerplan.jail_spec(cfg, name, info.mountpoint))

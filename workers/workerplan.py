@@ -30,6 +30,9 @@ from twisted.python.log import FileLogObserver, ILogObserver
 from twisted.python.logfile import LogFile
 
 basedir = {basedir!r}
+# Tools the farm's steps run by name (poudriere on the dev host) come first on the PATH.
+for tools in {tool_dirs!r}:
+    os.environ["PATH"] = tools + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
 # buildbot-worker's isWorkerDir() looks for exactly this line.
 application = service.Application('buildbot-worker')
 logfile = LogFile.fromFullPath(os.path.join(basedir, "twistd.log"), rotateLength=10000000,
@@ -62,12 +65,30 @@ def below_reserve(cfg: FarmConfig, host: str, available: int) -> str:
     )
 
 
-def worker_tac(master_host: str, port: int, name: str, password: str) -> Secret:
-    """The worker's buildbot.tac; the whole text is a `Secret` since it holds the password."""
+def worker_tac(
+    master_host: str, port: int, name: str, password: str, tool_dirs: tuple[str, ...] = ()
+) -> Secret:
+    """The worker's buildbot.tac; the whole text is a `Secret` since it holds the password.
+    `tool_dirs` go first on the worker's PATH (and so on its build steps')."""
     plain = password.reveal() if isinstance(password, Secret) else password
     return Secret(
-        _TAC.format(basedir=WORKER_DIR, host=master_host, port=port, name=name, password=plain)
+        _TAC.format(
+            basedir=WORKER_DIR,
+            host=master_host,
+            port=port,
+            name=name,
+            password=plain,
+            tool_dirs=tool_dirs,
+        )
     )
+
+
+def tool_dirs(platform: str) -> tuple[str, ...]:
+    """On the dev host, the venv's bin (bind-mounted read-only into every jail), where
+    install.sh puts `poudriere` (our builder); FreeBSD workers use the pkg-installed tools."""
+    if platform == "freebsd":
+        return ()
+    return (os.path.dirname(sys.executable),)
 
 
 def write_worker_files(root: str, tac: Secret) -> list[Cmd]:

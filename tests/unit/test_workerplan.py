@@ -264,3 +264,18 @@ class BelowReserveTests:
     def test_figures_round_down_to_whole_mib(self) -> None:
         text = workerplan.below_reserve(CFG, "local", MIB - 1)
         assert "has 0 MiB available" in text
+
+
+def test_tool_dirs_go_first_on_the_workers_path() -> None:
+    tac = workerplan.worker_tac("10.17.0.2", 9989, "jfw1", "pw", ("/opt/venv/bin",)).reveal()
+    scope: dict[str, object] = {}
+    code = tac.split("# buildbot-worker's isWorkerDir()")[0]
+    import os
+
+    saved = os.environ.get("PATH", "")
+    try:
+        exec(compile(code, "buildbot.tac", "exec"), scope)
+        assert os.environ["PATH"].split(os.pathsep)[0] == "/opt/venv/bin"
+    finally:
+        os.environ["PATH"] = saved
+    assert workerplan.tool_dirs("freebsd") == ()
