@@ -108,6 +108,9 @@ def judge_linux(cfg: FarmConfig, f: LinuxFacts) -> list[Check]:
     )
     checks.append(_found("nginx", f.binaries.get("nginx"), apt.format("nginx")))
     checks.append(_found("bmake", f.binaries.get("bmake"), apt.format("bmake")))
+    # The dev host's bulk builder compiles and patches the demo ports.
+    checks.append(_found("cc", f.binaries.get("cc"), apt.format("gcc libc6-dev")))
+    checks.append(_found("patch", f.binaries.get("patch"), apt.format("patch")))
     checks.append(_found("git", f.binaries.get("git"), apt.format("git")))
     checks.append(
         Check(
@@ -243,7 +246,19 @@ def _which(names: tuple[str, ...]) -> dict[str, str | None]:
 
 
 async def gather_linux(runner: Runner, cfg: FarmConfig) -> LinuxFacts:
-    names = ("zfs-fuse", "zfs", "zpool", "unshare", "nsenter", "setpriv", "nginx", "bmake", "git")
+    names = (
+        "zfs-fuse",
+        "zfs",
+        "zpool",
+        "unshare",
+        "nsenter",
+        "setpriv",
+        "nginx",
+        "bmake",
+        "cc",
+        "patch",
+        "git",
+    )
     ns = await _ok(runner, "unshare", "--pid", "--fork", "--mount", "--uts", "--ipc", "true")
     answers, present, available = await _pool_facts(runner, cfg)
     try:

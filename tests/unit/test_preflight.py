@@ -15,7 +15,17 @@ LINUX_OK = LinuxFacts(
     is_root=True,
     binaries={
         n: f"/usr/bin/{n}"
-        for n in ("zfs-fuse", "unshare", "nsenter", "setpriv", "nginx", "bmake", "git")
+        for n in (
+            "zfs-fuse",
+            "unshare",
+            "nsenter",
+            "setpriv",
+            "nginx",
+            "bmake",
+            "cc",
+            "patch",
+            "git",
+        )
     },
     dev_fuse=True,
     namespaces_ok=True,
