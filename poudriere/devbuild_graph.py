@@ -14,9 +14,32 @@ from graphlib import CycleError, TopologicalSorter
 from typing import TYPE_CHECKING
 
 from jailfarm.errors import FarmError
+from jailfarm.poudriere.pkgfile import PackageMeta
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, Mapping, Sequence
+
+
+# poudriere's build_port phases that the demo framework has as targets, in order; each runs as
+# its own make call, so a failure is recorded in the phase that failed (§4.2).
+PHASES = (
+    "pkg-depends",
+    "fetch-depends",
+    "fetch",
+    "checksum",
+    "extract-depends",
+    "extract",
+    "patch-depends",
+    "patch",
+    "build-depends",
+    "lib-depends",
+    "configure",
+    "build",
+    "run-depends",
+    "stage",
+    "check-plist",
+    "package",
+)
 
 
 class GraphError(FarmError, ValueError):
@@ -241,3 +264,47 @@ class Scheduler:
         if self._state.get(origin) != "running":
             raise ValueError(f"{origin} is not running")
         self._state[origin] = state
+
+
+def package_meta(ports: Mapping[str, PortInfo], origin: str, abi: str) -> PackageMeta:
+    """The manifest of `origin`'s package: its run deps recorded as name -> origin, version."""
+    port = ports[origin]
+    name, _, version = port.pkgname.rpartition("-")
+    deps = {}
+    for dep in port.run_deps:
+        dep_name, _, dep_version = ports[dep].pkgname.rpartition("-")
+        deps[dep_name] = {"origin": dep, "version": dep_version}
+    return PackageMeta(
+        name=name,
+        origin=origin,
+        version=version,
+        comment=port.comment,
+        desc=port.descr,
+        maintainer=port.maintainer,
+        www=port.www,
+        abi=abi,
+        prefix=port.prefix,
+        deps=deps,
+        categories=port.categories,
+        licenses=port.licenses,
+        licenselogic="single" if len(port.licenses) <= 1 else "and",
+    )
+
+
+def plan_testport_deps(full: Plan, origin: str) -> Plan:
+    """The dependency bulk of `testport origin`, from the plan of a bulk of `origin` alone:
+    the same plan without the tested port, which testport builds itself, last, in the
+    reference root, whatever the repository holds (§1.4). Whether it can be built at all is
+    `full.skipped.get(origin)` (an IGNOREd dependency)."""
+
+    def drop(m: Mapping[str, str]) -> dict[str, str]:
+        return {k: v for k, v in m.items() if k != origin}
+
+    return Plan(
+        tuple(o for o in full.tobuild if o != origin),
+        tuple(o for o in full.kept if o != origin),
+        drop(full.ignored),
+        drop(full.skipped),
+        drop(full.rdep),
+        drop(full.why),
+    )

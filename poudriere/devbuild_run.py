@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -18,7 +19,7 @@ from jailfarm.errors import FarmError
 from jailfarm.poudriere import devbuild_graph as graph
 from jailfarm.poudriere import devbuild_layout as layout
 from jailfarm.poudriere.commands import Target, check_buildname, packages_dir
-from jailfarm.poudriere.pkgfile import PackageMeta, write_package
+from jailfarm.poudriere.pkgfile import write_package
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -46,26 +47,6 @@ _QUERY = (
     "CATEGORIES",
     "PREFIX",
     "DESCR",
-)
-# poudriere's build_port phases that the demo framework has as targets, in order; each runs as
-# its own make call, so a failure is recorded in the phase that failed (§4.2).
-PHASES = (
-    "pkg-depends",
-    "fetch-depends",
-    "fetch",
-    "checksum",
-    "extract-depends",
-    "extract",
-    "patch-depends",
-    "patch",
-    "build-depends",
-    "lib-depends",
-    "configure",
-    "build",
-    "run-depends",
-    "stage",
-    "check-plist",
-    "package",
 )
 
 
@@ -124,30 +105,6 @@ def gather(
     return ports
 
 
-def package_meta(ports: Mapping[str, graph.PortInfo], origin: str, abi: str) -> PackageMeta:
-    port = ports[origin]
-    name, _, version = port.pkgname.rpartition("-")
-    deps = {}
-    for dep in port.run_deps:
-        dep_name, _, dep_version = ports[dep].pkgname.rpartition("-")
-        deps[dep_name] = {"origin": dep, "version": dep_version}
-    return PackageMeta(
-        name=name,
-        origin=origin,
-        version=version,
-        comment=port.comment,
-        desc=port.descr,
-        maintainer=port.maintainer,
-        www=port.www,
-        abi=abi,
-        prefix=port.prefix,
-        deps=deps,
-        categories=port.categories,
-        licenses=port.licenses,
-        licenselogic="single" if len(port.licenses) <= 1 else "and",
-    )
-
-
 _TRAPPED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -158,7 +115,64 @@ class _Interrupted(BaseException):
 
 
 def _interrupted(signum: int, _frame: object) -> None:
+    # One cleanup only: a second signal must not interrupt the first one's cleanup.
+    for sig in _TRAPPED:
+        signal.signal(sig, signal.SIG_IGN)
     raise _Interrupted(signum)
+
+
+# How long make gets to exit after SIGTERM before its process group gets SIGKILL.
+KILL_GRACE = 5.0
+
+
+class _Makes:
+    """The make processes builders run, each in its own session (so its process group holds
+    make and every command it starts). `stop` kills the groups and refuses new ones: what
+    poudriere's jail_stop does by removing the builder jails (§7)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self.stopping = False
+
+    def run(self, argv: Sequence[str], log: IO[str]) -> int:
+        with self._lock:
+            if self.stopping:
+                return 1
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=_ENV,
+                start_new_session=True,
+            )
+            self._procs.add(proc)
+        rc = proc.wait()  # interrupted by a signal, proc stays listed for stop()
+        with self._lock:
+            self._procs.discard(proc)
+        return rc
+
+    def stop(self) -> None:
+        """SIGTERM every running group, then SIGKILL what is left after KILL_GRACE."""
+        with self._lock:
+            self.stopping = True
+            procs = list(self._procs)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for proc in procs:
+                _killpg(proc.pid, sig)
+            deadline = time.monotonic() + KILL_GRACE
+            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        for proc in procs:  # make is gone; a child that left the group could remain
+            _killpg(proc.pid, signal.SIGKILL)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:  # the group has already exited: the race is harmless
+        pass
 
 
 class Bulk:
@@ -185,6 +199,7 @@ class Bulk:
         self.d = layout.BuildDir(data / "logs" / "bulk" / m / check_buildname(buildname))
         self.pkgdir = Path(packages_dir(str(data), target))
         self.mnt = data / ".m" / m
+        self.makes = _Makes()
         self.t0 = time.monotonic()
         queued = len(plan.tobuild) + len(plan.ignored) + len(plan.skipped)
         self.counts = dict.fromkeys(("built", "failed", "inspected", "fetched"), 0)
@@ -205,13 +220,11 @@ class Bulk:
         self.mnt.mkdir(parents=True, exist_ok=True)
         pidfile.write_text(f"{os.getpid()}\n")
         # poudriere traps TERM/INT/HUP: it cleans up, records `stopped:SIG<NAME>:`, then
-        # dies by the signal (§1.3). Builder threads finish their current make call first.
+        # dies by the signal (§1.3). Running make process groups are killed (_Makes.stop).
         handlers = {sig: signal.signal(sig, _interrupted) for sig in _TRAPPED}
-        signum = 0
+        signum = rc = 0
         try:
-            self.prepare()
-            self.build_all()
-            self.commit(jail_version, keep_old)
+            rc = self.body(jail_version, keep_old)
         except _Interrupted as e:
             signum = e.signum
             self._stopped(f"stopped:{signal.Signals(signum).name}:")
@@ -219,6 +232,7 @@ class Bulk:
             self._stopped(f"stopped:crashed:err:{type(e).__name__} {e}".replace("\n", " "))
             raise
         finally:
+            self.makes.stop()
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             shutil.rmtree(self.mnt, ignore_errors=True)
@@ -226,10 +240,20 @@ class Bulk:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             raise SystemExit(128 + signum)
-        self.d.status("stopped:done:")
+        # jail_stop prefixes the last status with `stopped:` (`stopped:done:` after a bulk).
+        last = (self.d.path / ".poudriere.status").read_text().strip()
+        self.d.status(f"stopped:{last}")
         self.d.bset("ended", str(int(time.time())))
         self.update_json()
         self.d.update_index()
+        return rc
+
+    def body(self, jail_version: str, keep_old: int) -> int:
+        """The work between setup and cleanup; returns the exit status: for a bulk,
+        (failed + skipped) mod 256 (§1.3)."""
+        self.prepare()
+        self.build_all()
+        self.commit(jail_version, keep_old)
         return (self.counts["failed"] + self.counts["skipped"]) % 256
 
     def _stopped(self, status: str) -> None:
@@ -293,6 +317,9 @@ class Bulk:
                     self.d.status("idle:", builder)
                     self.record(sched, origin, builder, *future.result())
                 self.update_json()
+        except BaseException:
+            self.makes.stop()  # else the builders would finish their ports first
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         for builder in free:
@@ -321,10 +348,14 @@ class Bulk:
             why = f"Dependent port {origin} | {pkgname} failed"
             self.say(f"[{builder}] Skipping {skipped} | {self.ports[skipped].pkgname}: {why}")
 
-    def build_port(self, origin: str, builder: str) -> tuple[str, int]:
-        """Build one port in a fresh root; returns (failed phase or "", elapsed seconds)."""
+    def build_port(
+        self, origin: str, builder: str, extra_vars: Sequence[str] = ()
+    ) -> tuple[str, int]:
+        """Build one port in a fresh root, `.m/<M>/<builder>` (builder "" is the reference
+        root `ref`, whose phases go to the top-level status, as testport's do); returns
+        (failed phase or "", elapsed seconds)."""
         port, start = self.ports[origin], time.monotonic()
-        root = self.mnt / builder
+        root = self.mnt / (builder or "ref")
         shutil.rmtree(root, ignore_errors=True)
         local = root / "usr" / "local"
         local.mkdir(parents=True)
@@ -334,6 +365,7 @@ class Bulk:
             f"LOCALBASE={local}",
             f"STAGEDIR={root}/stage",
             *self.make_vars,
+            *extra_vars,
         ]
         with self.d.log_path(port.pkgname).open("w") as log:
             log.write(f"build started at {time.ctime()}\nport directory: {self.tree / origin}\n")
@@ -354,7 +386,7 @@ class Bulk:
         start: float,
     ) -> str:
         port = self.ports[origin]
-        for phase in PHASES:
+        for phase in graph.PHASES:
             now = int(time.monotonic())
             self.d.status(f"{phase}:{origin}:{port.pkgname}:{int(start)}:{now}", builder)
             log.write(f"=======================<phase: {phase:<15}>============================\n")
@@ -365,15 +397,7 @@ class Bulk:
                         log.write(f"===>   Installing {self.ports[dep].pkgname}\n")
                         pkg = self.building / "All" / f"{self.ports[dep].pkgname}.pkg"
                         layout.install_package(pkg, root)
-                argv = bmake_argv(self.tree, origin, *make_vars, phase)
-                rc = subprocess.run(
-                    argv,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=_ENV,
-                    check=False,
-                ).returncode
+                rc = self.makes.run(bmake_argv(self.tree, origin, *make_vars, phase), log)
                 if rc == 0 and phase == "package":
                     self.write_package(origin, root, make_vars)
             except (FarmError, OSError, ValueError) as e:
@@ -389,10 +413,12 @@ class Bulk:
         out = subprocess.run(argv, capture_output=True, text=True, env=_ENV, check=True)
         tmpplist = Path(out.stdout.strip()).read_text().splitlines()
         plist = [line for line in tmpplist if line.strip() and not line.startswith("@")]
-        meta = package_meta(self.ports, origin, self.abi)
-        write_package(
-            self.building / "All" / f"{self.ports[origin].pkgname}.pkg", meta, root / "stage", plist
-        )
+        meta = graph.package_meta(self.ports, origin, self.abi)
+        write_package(self.package_path(origin, root), meta, root / "stage", plist)
+
+    def package_path(self, origin: str, root: Path) -> Path:
+        """Where a built package goes: `.building/All`, committed with the repository."""
+        return self.building / "All" / f"{self.ports[origin].pkgname}.pkg"
 
     def commit(self, jail_version: str, keep_old: int) -> None:
         for status in ("stopping_jobs:", "updating_stats:", "committing:"):

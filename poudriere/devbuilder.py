@@ -1,6 +1,7 @@
 """`jailfarm-poudriere`: the poudriere-compatible bulk builder of the Linux development host
 (shell: it runs bmake and writes files). Same command line, output layout, status files and
-exit codes as poudriere for the subset jailfarm uses (shared/spec/poudriere.md §1, §4, §7).
+exit codes as poudriere for the subset jailfarm uses (`jail`, `ports`, `bulk`, `testport`;
+shared/spec/poudriere.md §1, §4, §7).
 
 Honest limit: the clean environment is a fresh directory tree per port
 (`<data>/.m/<MASTERNAME>/<NN>/`, emptied before each port, dependencies unpacked from their
@@ -26,13 +27,14 @@ from jailfarm.poudriere import devbuild_layout as layout
 from jailfarm.poudriere.commands import Target, check_buildname, packages_dir
 from jailfarm.poudriere.conf import make_conf_stack
 from jailfarm.poudriere.devbuild_run import Bulk, Fatal, gather
+from jailfarm.poudriere.devbuild_testport import Testport
 from jailfarm.poudriere.pkgfile import pkg_arch
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 EX_USAGE = 64
-_NOT_YET = ("testport", "options", "status")
+_NOT_YET = ("options", "status")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="jailfarm-poudriere",
         description="poudriere-compatible bulk builder for the Linux dev host. Commands: "
-        "jail, ports, bulk. Not implemented yet: testport, options, status (they fail).",
+        "jail, ports, bulk, testport. Not implemented yet: options, status (they fail).",
     )
     p.add_argument("-e", dest="etcdir", default="/usr/local/etc")
     p.add_argument("-N", dest="no_color", action="store_true", help="no colours (never any)")
@@ -74,6 +76,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("-a", action="store_true")
     b.add_argument("-f", action="append", default=[])
     b.add_argument("origins", nargs="*")
+    tp = sub.add_parser("testport", help="build a port's dependencies, then test the port")
+    tp.add_argument("-j", required=True)
+    tp.add_argument("-p", default="default")
+    tp.add_argument("-z")
+    tp.add_argument("-J", type=int)
+    tp.add_argument("-B")
+    tp.add_argument("-n", action="store_true", help="dry run")
+    tp.add_argument("-o", help="the origin to test (or give it as the argument)")
+    tp.add_argument("origin", nargs="?")
     for name in _NOT_YET:
         sub.add_parser(name, help="not implemented by the dev builder (fails)")
     return p
@@ -151,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in _NOT_YET:
             raise Fatal(f"{args.command} is not implemented by the dev builder yet", EX_USAGE)
         etc = Etc(args.etcdir)
-        command = {"jail": cmd_jail, "ports": cmd_ports, "bulk": cmd_bulk}[args.command]
+        commands = {"jail": cmd_jail, "ports": cmd_ports, "bulk": cmd_bulk}
+        command = (commands | {"testport": cmd_testport})[args.command]
         return command(args, etc)
     except Fatal as e:
         print(f"[00:00:00] Error: {e}", file=sys.stderr)
@@ -282,33 +294,87 @@ def _subdirs(makefile: Path) -> list[str]:
     return re.findall(r"^\s*SUBDIR\s*\+=\s*(\S+)", makefile.read_text(), re.M)
 
 
+class _Setup:
+    """What bulk and testport read before gathering: the target, its tree and data
+    directory, the builders, the build name, the make.conf stack and the repository."""
+
+    def __init__(self, args: argparse.Namespace, etc: Etc) -> None:
+        self.target = Target(args.j, args.p, args.z)
+        if not etc.record("jails", self.target.jail).is_dir():
+            raise Fatal(f"No such jail: {self.target.jail}")
+        tree_path = etc.attr("ports", self.target.tree, "mnt")
+        if not tree_path:
+            raise Fatal(f"No such ports tree: {self.target.tree}", 2)
+        self.tree = Path(tree_path)
+        conf = etc.conf(self.target)
+        self.builders = args.J or int(conf.get("PARALLEL_JOBS") or 2)
+        self.buildname = check_buildname(args.B or time.strftime("%Y-%m-%d_%Hh%Mm%Ss"))
+        self.keep_old = int(conf.get("KEEP_OLD_PACKAGES_COUNT") or 2)
+        self.make_vars = etc.make_vars(self.target)
+        self.data = etc.data(conf).resolve()
+        self.version = etc.attr("jails", self.target.jail, "version")
+        self.abi = etc.attr("jails", self.target.jail, "abi")
+        self.existing = layout.existing_packages(
+            Path(packages_dir(str(self.data), self.target)), self.version
+        )
+
+    def check_listed(self, listed: Sequence[str]) -> None:
+        missing = [o for o in listed if "@" in o or not (self.tree / o / "Makefile").is_file()]
+        if missing:
+            raise Fatal(f"Nonexistent origin listed: {' '.join(missing)}")
+
+
 def cmd_bulk(args: argparse.Namespace, etc: Etc) -> int:
-    target = Target(args.j, args.p, args.z)
-    if not etc.record("jails", target.jail).is_dir():
-        raise Fatal(f"No such jail: {target.jail}")
-    tree_path = etc.attr("ports", target.tree, "mnt")
-    if not tree_path:
-        raise Fatal(f"No such ports tree: {target.tree}", 2)
-    tree = Path(tree_path)
-    conf = etc.conf(target)
-    builders = args.J or int(conf.get("PARALLEL_JOBS") or 2)
-    buildname = check_buildname(args.B or time.strftime("%Y-%m-%d_%Hh%Mm%Ss"))
-    listed = listed_origins(args, tree)
-    missing = [o for o in listed if "@" in o or not (tree / o / "Makefile").is_file()]
-    if missing:
-        raise Fatal(f"Nonexistent origin listed: {' '.join(missing)}")
-    make_vars = etc.make_vars(target)
-    ports = gather(tree, listed, make_vars)
-    data = etc.data(conf).resolve()
-    pkgdir = Path(packages_dir(str(data), target))
-    version = etc.attr("jails", target.jail, "version")
-    existing = layout.existing_packages(pkgdir, version)
-    plan = graph.plan(ports, listed, existing)
+    s = _Setup(args, etc)
+    listed = listed_origins(args, s.tree)
+    s.check_listed(listed)
+    ports = gather(s.tree, listed, s.make_vars)
+    plan = graph.plan(ports, listed, s.existing)
     if args.n:
-        print(f"Would build {len(plan.tobuild)} packages using {builders} builders")
+        print(f"Would build {len(plan.tobuild)} packages using {s.builders} builders")
         print("Ports to build: " + " ".join(plan.tobuild))
         return 0
-    keep_old = int(conf.get("KEEP_OLD_PACKAGES_COUNT") or 2)
-    abi = etc.attr("jails", target.jail, "abi")
-    bulk = Bulk(target, buildname, data, tree, ports, plan, builders, make_vars, abi, existing)
-    return bulk.run(version, keep_old)
+    bulk = Bulk(
+        s.target,
+        s.buildname,
+        s.data,
+        s.tree,
+        ports,
+        plan,
+        s.builders,
+        s.make_vars,
+        s.abi,
+        s.existing,
+    )
+    return bulk.run(s.version, s.keep_old)
+
+
+def cmd_testport(args: argparse.Namespace, etc: Etc) -> int:
+    """`testport [-o] ORIGIN` (§1.4): exit 0 when the port builds, 1 when it or one of its
+    dependencies fails."""
+    if bool(args.o) == bool(args.origin):
+        raise Fatal("testport needs one origin: -o ORIGIN or ORIGIN", EX_USAGE)
+    s = _Setup(args, etc)
+    origin = ORIGIN.check(args.o or args.origin)
+    s.check_listed([origin])
+    ports = gather(s.tree, [origin], s.make_vars)
+    full = graph.plan(ports, [origin], s.existing)
+    if args.n:
+        deps = graph.plan_testport_deps(full, origin)
+        print(f"Would build {len(deps.tobuild)} packages using {s.builders} builders")
+        print("Ports to build: " + " ".join([*deps.tobuild, origin]))
+        return 0
+    test = Testport(
+        s.target,
+        s.buildname,
+        s.data,
+        s.tree,
+        ports,
+        full,
+        s.builders,
+        s.make_vars,
+        s.abi,
+        s.existing,
+        origin,
+    )
+    return test.run(s.version, s.keep_old)

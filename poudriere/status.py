@@ -26,7 +26,8 @@ STATS = ("queued", "tobuild", "built", "failed", "skipped", "ignored", "inspecte
 MASTER = (3, 4, 99)  # master's configure version; 3.4.x releases are below it (§0)
 
 _VERSION = re.compile(r"poudriere-git-([0-9]+)\.([0-9]+)\.([0-9]+)[-.0-9A-Za-z]*")
-_STATUS = re.compile(r"(stopped:)?([A-Za-z_][A-Za-z0-9_]*):(.*)")
+# A failed testport ends `stopped:failed/<phase>:...` (or `failed/depends`).
+_STATUS = re.compile(r"(stopped:)?([A-Za-z_][A-Za-z0-9_]*(?:/[A-Za-z_][A-Za-z0-9_-]*)?):(.*)")
 _ORIGINSPEC = re.compile(r"([^@~\s]+)(?:@([A-Za-z0-9_-]+))?(?:~([A-Za-z0-9_-]+))?")
 _PKGNAME = re.compile(r"[A-Za-z0-9][^\s/\"\\:]*-[^\s/\"\\:]+")
 _PHASE = re.compile(r"[A-Za-z0-9_?/.-]+")

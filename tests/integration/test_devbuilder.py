@@ -5,17 +5,27 @@ or jails are needed. The results are read with the parsers the PoudriereBulk ste
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from jailfarm.master.steps import PoudriereTestport
 from jailfarm.poudriere.devbuilder import main
 from jailfarm.poudriere.pkgfile import read_package
-from jailfarm.poudriere.status import BulkResult, judge, parse_build_files, parse_data_json
+from jailfarm.poudriere.status import (
+    BulkResult,
+    Verdict,
+    judge,
+    parse_build_files,
+    parse_data_json,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TREE = ROOT / "examples" / "ports"
@@ -181,7 +191,9 @@ def test_errors_are_reported_like_poudriere(
     assert "misc/nonexistent" in capsys.readouterr().err
     assert farm.run("bulk", "-j", "nojail", "-p", "demo", "-a") == 1
     assert farm.run("bulk", "-j", "j141", "-p", "notree", "-a") == 2
-    assert farm.run("testport", "-j", "j141", "misc/jf-hello") == 64
+    assert farm.run("options", "-j", "j141", "misc/jf-hello") == 64
+    assert farm.run("testport", "-j", "j141", "-p", "demo", "-o", "misc/nonexistent") == 1
+    assert farm.run("testport", "-j", "j141", "-p", "demo") == 64
     rc = farm.run("bulk", "-j", "j141", "-p", "demo", "-n", "misc/jf-hello")
     assert rc == 0
     assert "Would build 2 packages using 2 builders" in capsys.readouterr().out
@@ -204,4 +216,149 @@ def test_jail_kill_cleans_up_after_a_killed_bulk(tmp_path: Path) -> None:
 def test_the_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "jailfarm-poudriere"
     r = subprocess.run([script, "--help"], capture_output=True, text=True, check=False)
-    assert r.returncode == 0 and "Not implemented yet: testport, options, status" in r.stdout
+    assert r.returncode == 0 and "Not implemented yet: options, status" in r.stdout
+
+
+def _processes_under(top: Path) -> list[str]:
+    """PIDs (with their command lines) whose cwd or command line is under `top`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cwd = os.readlink(proc / "cwd")
+        except OSError:  # gone meanwhile, or a kernel thread
+            continue
+        if str(top) in cmdline or Path(cwd).is_relative_to(top):
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+def test_sigterm_mid_bulk_stops_cleanly_and_the_next_bulk_builds_everything(
+    tmp_path: Path,
+) -> None:
+    tree = tmp_path / "ports"
+    shutil.copytree(TREE, tree)
+    flaky = tree / "devel/jf-flaky/Makefile"
+    # The build sleeps only while JF_SLEEP is set in make.conf, so the next bulk is fast.
+    flaky.write_text(
+        flaky.read_text()
+        .replace("JF_FAIL?=", "JF_SLEEP?=\t0\nJF_FAIL?=", 1)
+        .replace("\tcd ${WRKSRC} && ${CC}", "\tsleep ${JF_SLEEP}\n\tcd ${WRKSRC} && ${CC}", 1)
+    )
+    farm = make_farm(tmp_path, tree)
+    assert farm.bulk("b0", "devel/libjf")[0] == 0
+    latest = (farm.packages / ".latest").readlink()
+    make_conf = farm.etc / "poudriere.d" / "j141-make.conf"
+    make_conf.write_text("JF_SLEEP=60\n")
+    script = Path(sys.executable).parent / "jailfarm-poudriere"
+    argv = [script, "-e", farm.etc, "-N", "bulk", "-j", "j141", "-p", "demo", "-B", "b1", "-a"]
+    d = farm.data / "logs/bulk/j141-demo/b1"
+    with (tmp_path / "b1.out").open("w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while not any(
+                s.read_text().startswith("build:devel/jf-flaky:")
+                for s in d.glob(".poudriere.status.0[0-9]")
+            ):
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+            time.sleep(0.2)  # let make reach the sleep
+            sent = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=20)
+            elapsed = time.monotonic() - sent
+            left = _processes_under(tmp_path)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for line in _processes_under(tmp_path):  # what a failed run left: this test's own
+                os.kill(int(line.split(":")[0]), signal.SIGKILL)
+    assert rc == -signal.SIGTERM, (tmp_path / "b1.out").read_text()
+    assert elapsed < 10
+    assert left == []
+    assert list((farm.data / ".m").iterdir()) == []
+    assert (d / ".poudriere.status").read_text() == "stopped:SIGTERM:\n"
+    assert (farm.packages / ".latest").readlink() == latest
+    assert [p.name for p in (farm.packages / ".latest/All").iterdir()] == ["libjf-1.2.0.pkg"]
+
+    make_conf.unlink()
+    rc, result = farm.bulk("b2", "-a")
+    assert (rc, result.status.raw) == (0, "stopped:done:")
+    assert built(result) == set(ALL) - {"devel/libjf"}
+    assert sorted(p.name[:-4] for p in (farm.packages / ".latest/All").iterdir()) == sorted(
+        ALL.values()
+    )
+
+
+def run_testport(farm: Farm, name: str, origin: str) -> tuple[int, BulkResult, Path]:
+    """Run testport, then read its build as the PoudriereTestport step does."""
+    rc = farm.run("testport", "-j", "j141", "-p", "demo", "-J", "2", "-B", name, "-o", origin)
+    d = farm.data / "logs" / "bulk" / "j141-demo" / name
+    files = {p.name: p.read_text() for p in d.iterdir() if p.name.startswith(".poudriere.")}
+    result = parse_build_files(files, str(d))
+    assert parse_data_json((d / ".data.json").read_text()).status == result.status
+    return rc, result, d
+
+
+def decide(farm: Farm, result: BulkResult, rc: int) -> Verdict:
+    """The PoudriereTestport step's verdict on a finished testport."""
+    step = PoudriereTestport(
+        jail="j141", tree="demo", etcdir=str(farm.etc), data_dir=str(farm.data), origin="x/y"
+    )
+    return step.decide(result, rc)
+
+
+def test_testport_builds_the_dependencies_then_the_port_without_committing_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    farm = make_farm(tmp_path)
+    rc, result, d = run_testport(farm, "t1", "misc/jf-hello")
+    assert rc == 0, capsys.readouterr()
+    assert decide(farm, result, rc).outcome == "success"
+    assert result.status.raw == "stopped:done:"
+    assert built(result) == {"devel/libjf", "misc/jf-hello"}
+    assert "Finished misc/jf-hello | jf-hello-1.0_1: Success" in capsys.readouterr().out
+    assert (d / "logs/built/jf-hello-1.0_1.log").is_file()
+    assert "PORTTESTING" not in (d / "logs/libjf-1.2.0.log").read_text()
+    # The dependency is committed; the tested port's package is not.
+    assert sorted(p.name for p in (farm.packages / ".latest/All").iterdir()) == ["libjf-1.2.0.pkg"]
+    assert (farm.data / "logs/bulk/j141-demo/latest-done").readlink() == Path("t1")
+    assert not (farm.data / ".m/j141-demo").exists()
+    rc, again, _ = run_testport(farm, "t2", "misc/jf-hello")  # the dependency is kept now
+    assert (rc, built(again)) == (0, {"misc/jf-hello"})
+
+
+def test_testport_fails_when_the_port_fails(tmp_path: Path) -> None:
+    farm = make_farm(tmp_path)
+    (farm.etc / "poudriere.d" / "j141-make.conf").write_text("JF_FAIL=yes\n")
+    rc, result, d = run_testport(farm, "t1", "devel/jf-flaky")
+    assert rc == 1
+    assert [(p.origin, p.phase) for p in result.by_result("failed")] == [
+        ("devel/jf-flaky", "build")
+    ]
+    verdict = decide(farm, result, rc)
+    assert verdict.outcome == "failure" and "jf-flaky-0.9 failed in build" in verdict.why[0]
+    assert result.status.finished and not result.status.done
+    assert "JF_FAIL=yes" in (d / "logs/errors/jf-flaky-0.9.log").read_text()
+    assert not (farm.packages / ".latest/All/jf-flaky-0.9.pkg").exists()
+
+
+def test_testport_fails_when_a_dependency_fails(tmp_path: Path) -> None:
+    tree = tmp_path / "ports"
+    shutil.copytree(TREE, tree)
+    cowsay = tree / "misc/jf-cowsay/Makefile"
+    cowsay.write_text(
+        cowsay.read_text().replace("RUN_DEPENDS=", "RUN_DEPENDS=\tjf-flaky:devel/jf-flaky ", 1)
+    )
+    farm = make_farm(tmp_path, tree)
+    (farm.etc / "poudriere.d" / "j141-make.conf").write_text("JF_FAIL=yes\n")
+    rc, result, _ = run_testport(farm, "t1", "misc/jf-cowsay")
+    assert rc == 1
+    assert [p.origin for p in result.by_result("failed")] == ["devel/jf-flaky"]
+    # As in poudriere, the tested port is never built: it stays queued without a result.
+    assert [p.origin for p in result.by_result("pending")] == ["misc/jf-cowsay"]
+    assert decide(farm, result, rc).outcome == "failure"

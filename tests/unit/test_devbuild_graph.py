@@ -10,8 +10,10 @@ from jailfarm.poudriere.devbuild_graph import (
     PortInfo,
     Scheduler,
     install_set,
+    package_meta,
     packages_to_keep,
     plan,
+    plan_testport_deps,
 )
 
 # The demo tree's shape (examples/ports/README.md), plus a port depending on the broken one.
@@ -124,6 +126,38 @@ class PlanTests:
     def test_the_build_root_gets_build_deps_and_run_closures(self) -> None:
         ports = {**PORTS, "misc/x": PortInfo("misc/x", "x-1", build_deps=("misc/jf-cowsay",))}
         assert install_set(ports, "misc/x") == ["devel/libjf", "misc/jf-cowsay", "misc/jf-hello"]
+
+
+class TestportDepsTests:
+    def test_the_tested_port_leaves_the_dependency_bulk(self) -> None:
+        full = plan(PORTS, ["misc/jf-cowsay"], {})
+        deps = plan_testport_deps(full, "misc/jf-cowsay")
+        assert deps.tobuild == ("devel/libjf", "misc/jf-hello")
+        assert deps.rdep == {"misc/jf-hello": "jf-cowsay-0.3", "devel/libjf": "jf-hello-1.0_1"}
+        assert "misc/jf-cowsay" not in deps.why
+
+    def test_an_up_to_date_tested_port_is_still_not_kept_in_the_bulk(self) -> None:
+        full = plan(PORTS, ["misc/jf-hello"], repo())
+        assert full.kept == ("devel/libjf", "misc/jf-hello")
+        deps = plan_testport_deps(full, "misc/jf-hello")
+        assert (deps.tobuild, deps.kept) == ((), ("devel/libjf",))
+
+    def test_an_ignored_dependency_blocks_the_tested_port(self) -> None:
+        full = plan(PORTS, ["misc/needs-needs"], {})
+        assert full.skipped.get("misc/needs-needs") == "misc/jf-broken"
+        deps = plan_testport_deps(full, "misc/needs-needs")
+        assert deps.ignored == {"misc/jf-broken": "is for testing IGNORE"}
+        assert deps.skipped == {"misc/needs-broken": "misc/jf-broken"}
+        assert deps.tobuild == ()
+
+
+def test_a_package_records_its_run_deps_with_origin_and_version() -> None:
+    hello = PortInfo(
+        "misc/jf-hello", "jf-hello-1.0_1", run_deps=("devel/libjf",), comment="Hi", descr="Hi."
+    )
+    meta = package_meta({**PORTS, hello.origin: hello}, hello.origin, "FreeBSD:14:amd64")
+    assert (meta.name, meta.version, meta.origin) == ("jf-hello", "1.0_1", "misc/jf-hello")
+    assert meta.deps == {"libjf": {"origin": "devel/libjf", "version": "1.2.0"}}
 
 
 def simulate(

@@ -319,3 +319,11 @@ class JudgeTests:
         for code in (1, -15):
             verdict = judge(self.done(), Policy(max_failed=1, max_skipped=1), exit_code=code)
             assert verdict.outcome == "error"
+
+
+def test_a_failed_testport_status_parses() -> None:
+    # testport leaves `stopped:failed/<phase>:` (or failed/depends) when the port fails.
+    status = parse_status("stopped:failed/build:devel/jf-flaky:jf-flaky-0.9\n")
+    assert status.finished and not status.done
+    assert status.phase == "failed/build"
+    assert parse_status("stopped:failed/depends:\n").phase == "failed/depends"
