@@ -176,7 +176,10 @@ _TABLE_ORDER = ("failed", "skipped", "ignored", "pending", "built", "inspected",
 
 def _reason(port: PortResult) -> str:
     if port.result == "failed":
-        return "builder crashed" if port.errortype == port.phase else port.errortype
+        # A crashed builder leaves errortype == phase and no elapsed time (status.py); an
+        # ordinary failure has its time, and its errortype may well be the phase's name.
+        crashed = port.errortype == port.phase and port.elapsed is None
+        return "builder crashed" if crashed else port.errortype
     if port.result == "skipped":
         return f"depends on {port.skipped_because}"
     return port.reason

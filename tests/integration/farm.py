@@ -44,14 +44,16 @@ c["builders"].append(util.BuilderConfig(name="hold", workernames=names, factory=
 c["schedulers"].append(schedulers.ForceScheduler(
     name="force-hold", builderNames=["hold"],
     properties=[util.StringParameter(name="hold", default="0")]))
-# After the bulk: check every package of the new repository with jailfarm's pkg reader,
-# inside the worker jail (the packages go with the jail).
+# After the bulk: check every package of the builder's new repository with jailfarm's pkg
+# reader, inside the worker jail (the packages go with the jail). A bulk builder is named
+# bulk-<jail>-<tree>[-<set>] (no name has a "-"); the set left out is "default".
 for b in c["builders"]:
     if b.name.startswith("bulk-"):
+        mastername = "-".join((b.name.split("-")[1:] + ["default"])[:3])
         b.factory.addStep(steps.ShellCommand(
             name="check-packages", logEnviron=False, haltOnFailure=True,
             command=[sys.executable, "-c", {check!r},
-                     "/home/buildbot/poudriere/data/packages/141amd64-default-default"]))
+                     "/home/buildbot/poudriere/data/packages/" + mastername]))
 """
 
 
@@ -78,6 +80,7 @@ class FarmTestCase(unittest.TestCase):
     master_host = ""  # "" = the normal wiring; a class may point workers elsewhere
     attach_timeout = 60
     reserve = "64M"
+    extra_toml = ""  # TOML appended to the test farm's farm.toml (e.g. more [[sets]])
 
     @deferred_test
     async def setUp(self) -> None:
@@ -98,6 +101,8 @@ class FarmTestCase(unittest.TestCase):
         ):
             assert old in text, old
             text = text.replace(old, new)
+        if self.extra_toml:
+            text = text.rstrip("\n") + "\n\n" + self.extra_toml.strip("\n") + "\n"
         self.farm_toml = self.work / "farm.toml"
         self.farm_toml.write_text(text)
         self.cfg = load_farm(self.farm_toml)

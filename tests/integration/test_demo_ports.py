@@ -33,7 +33,13 @@ EXPECTED: dict[str, tuple[str, str, str, str, str]] = {
     "misc/jf-hello": ("jf-hello-1.0_1", "", "devel/libjf", "", ""),
     "misc/jf-cowsay": ("jf-cowsay-0.3", "", "", "misc/jf-hello", ""),
     "misc/jf-broken": ("jf-broken-0.1", "", "", "", "is for testing IGNORE"),
-    "misc/jf-meta": ("jf-meta-1.0", "", "", "misc/jf-cowsay textproc/jf-docs textproc/jf-wc", ""),
+    "misc/jf-meta": (
+        "jf-meta-1.0",
+        "",
+        "",
+        "devel/jf-flaky misc/jf-cowsay textproc/jf-docs textproc/jf-wc",
+        "",
+    ),
     "textproc/jf-wc": ("jf-wc-1.1", "devel/jf-buildtool", "", "", ""),
     "textproc/jf-docs": ("jf-docs-2024.1,1", "", "", "", ""),
 }
@@ -196,7 +202,12 @@ def test_raw_dependency_variables_keep_freebsd_syntax_and_poudriere_expressions_
         expr,
         "_PDEPS=${PKG_DEPENDS} ${BUILD_DEPENDS} ${LIB_DEPENDS} ${RUN_DEPENDS}",
     )
-    assert check(r).split() == ["misc/jf-cowsay", "textproc/jf-docs", "textproc/jf-wc"]
+    assert check(r).split() == [
+        "devel/jf-flaky",
+        "misc/jf-cowsay",
+        "textproc/jf-docs",
+        "textproc/jf-wc",
+    ]
     # An unknown flavor is refused, as FreeBSD's make refuses it.
     bad = bmake(TREE, "misc/jf-hello", "-V", "PKGNAME", "FLAVOR=py311")
     assert bad.returncode != 0

@@ -224,3 +224,62 @@ class PoudriereBulkTests(_Helpers):
         self.assertIn("8 valid packages", check)
         self.assertRegex(check, r"jf-hello 1\.0_1 \d+ files deps=libjf")
         await self.nothing_left()
+
+
+class PoudriereBulkWithAFailingPortTests(_Helpers):
+    # A second set whose make.conf makes devel/jf-flaky fail in its build phase; misc/jf-meta
+    # run-depends on it.
+    extra_toml = """
+[[sets]]
+name = "failing"
+make_conf = { "JF_FAIL" = "yes" }
+"""
+
+    @deferred_test
+    async def test_a_failing_port_skips_its_dependents_and_the_step_reports_it(self) -> None:
+        request = await self.host.force("bulk-141amd64-default-failing", "test", "force-bulk")
+        build = await self.first_build(request)
+        buildid = build["buildid"]
+        steps = {s["name"]: s for s in (await self.get(f"builds/{buildid}/steps"))["steps"]}
+        logs = {}
+        for name in ("poudriere-bulk", "check-packages"):
+            for log in (await self.get(f"steps/{steps[name]['stepid']}/logs"))["logs"]:
+                logs[(name, log["name"])] = await self.host.raw_log(log["logid"])
+        # on_port_failure = "failure" (the default): a failed port fails the step and the build.
+        self.assertEqual(build["results"], 2, logs)
+        self.assertEqual(steps["poudriere-bulk"]["results"], 2)
+        self.assertEqual(
+            steps["poudriere-bulk"]["state_string"],
+            "bulk 141amd64-default-failing: 6 built, 1 failed, 1 skipped, 1 ignored (failure)",
+        )
+        props = (await self.get(f"builds/{buildid}?property=*"))["builds"][0]["properties"]
+        self.assertEqual(
+            sorted(props["poudriere_built"][0]),
+            [
+                "devel/jf-buildtool",
+                "devel/libjf",
+                "misc/jf-cowsay",
+                "misc/jf-hello",
+                "textproc/jf-docs",
+                "textproc/jf-wc",
+            ],
+        )
+        self.assertEqual(props["poudriere_failed"][0], ["devel/jf-flaky"])
+        self.assertEqual(props["poudriere_skipped"][0], ["misc/jf-meta"])
+        self.assertEqual(props["poudriere_ignored"][0], ["misc/jf-broken"])
+        # The ports table: ORIGIN PACKAGE RESULT PHASE REASON, one row per package.
+        rows = {r.split()[0]: r for r in logs[("poudriere-bulk", "ports")].splitlines()}
+        self.assertEqual(
+            rows["devel/jf-flaky"].split()[:4],
+            ["devel/jf-flaky", "jf-flaky-0.9", "failed", "build"],
+        )
+        self.assertEqual(
+            rows["misc/jf-meta"].split()[:3], ["misc/jf-meta", "jf-meta-1.0", "skipped"]
+        )
+        self.assertIn("depends on jf-flaky-0.9", rows["misc/jf-meta"])
+        # The bulk step does not halt the build: the rest were packaged, the failed and the
+        # skipped port were not.
+        check = logs[("check-packages", "stdio")]
+        self.assertIn("6 valid packages", check)
+        self.assertNotRegex(check, r"(?m)^jf-(flaky|meta) ")
+        await self.nothing_left()

@@ -463,3 +463,17 @@ class PoudriereTestportTests(TestBuildStepMixin, TestReactorMixin, unittest.Test
         )
         self.expect_log_file("policy", "foo-client-2.1.0 failed in build\nfoo-web-2.1.0 skipped\n")
         await self.run_step()
+
+
+def test_the_reason_of_a_failed_port_tells_a_crash_from_a_failure() -> None:
+    from jailfarm.master.steps import _reason
+    from jailfarm.poudriere.status import PortResult
+
+    failed = PortResult("devel/a", "a-1", "failed", phase="build", errortype="build", elapsed=12)
+    crashed = PortResult("devel/a", "a-1", "failed", phase="build", errortype="build")
+    compiler = PortResult(
+        "devel/a", "a-1", "failed", phase="build", errortype="compiler_error", elapsed=3
+    )
+    assert _reason(failed) == "build"
+    assert _reason(crashed) == "builder crashed"
+    assert _reason(compiler) == "compiler_error"
