@@ -16,7 +16,7 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +54,7 @@ class UpState:
     pool_created: bool = False
     root_created: bool = False
     master_dir: str | None = None
+    seeded_trees: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> UpState:
@@ -67,6 +68,13 @@ class UpState:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(self)))
         tmp.rename(path)
+
+
+def _remove_if_empty(directory: Path) -> None:
+    try:
+        directory.rmdir()
+    except OSError:  # not empty (someone else's files) or already gone: leave it
+        pass
 
 
 def _bin(name: str) -> str:
@@ -112,7 +120,7 @@ class DevHost:
         state = UpState.load(self.state_path)
         await self._storage(state)
         await self._template()
-        await self._ports_trees()
+        await self._ports_trees(state)
         await self._master(state)
         if not first_build:
             return 0
@@ -300,7 +308,7 @@ class DevHost:
         self.say(f"build {build['buildid']} {verdict} in {time.monotonic() - t:.1f} s")
         return 0 if ok else 1
 
-    async def _ports_trees(self) -> None:
+    async def _ports_trees(self, state: UpState) -> None:
         """Make each ports tree whose URL is a missing local repository from the demo tree
         shipped in examples/ports (the demo farm's `file://<state_dir>/src/ports.git`)."""
         for tree in self.cfg.trees:
@@ -313,6 +321,8 @@ class DevHost:
                     f"demo tree at {DEMO_TREE} to make it from"
                 )
             await self._seed(Path(path), tree.branch)
+            state.seeded_trees.append(path)
+            state.save(self.state_path)
             self.say(f"ports tree {tree.name}: made {path} (branch {tree.branch}) from {DEMO_TREE}")
 
     async def _seed(self, repo: Path, branch: str) -> None:
@@ -411,6 +421,10 @@ class DevHost:
         if state.master_dir:
             shutil.rmtree(state.master_dir, ignore_errors=True)
             self.say(f"removed the master directory {state.master_dir}")
+        for tree in state.seeded_trees:
+            shutil.rmtree(tree, ignore_errors=True)
+            self.say(f"removed the demo ports tree repository {tree}")
+            _remove_if_empty(Path(tree).parent)
         if state.daemon_pidfile:
             daemon = zfsfuse.ZfsFuse(
                 self.runner, Path(state.daemon_pidfile), self.clock, started=True
@@ -418,4 +432,6 @@ class DevHost:
             await daemon.stop()
             self.say("stopped the zfs-fuse daemon")
         self.state_path.unlink(missing_ok=True)
+        shutil.rmtree(os.path.join(self.cfg.state_dir, "run", "jails"), ignore_errors=True)
+        _remove_if_empty(Path(self.cfg.state_dir) / "run")
         return 0

@@ -120,6 +120,9 @@ class FarmTestCase(unittest.TestCase):
     async def tearDown(self) -> None:
         try:
             await self.host.down()
+            # `down` removes everything `up` made: nothing of the farm is left in its state dir.
+            left = sorted(str(p) for p in Path(self.cfg.state_dir).rglob("*"))
+            self.assertEqual(left, [])
         finally:
             shutil.rmtree(self.work, ignore_errors=True)
             shutil.rmtree(self.mountpoint, ignore_errors=True)
