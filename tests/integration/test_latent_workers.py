@@ -283,3 +283,52 @@ make_conf = { "JF_FAIL" = "yes" }
         self.assertIn("6 valid packages", check)
         self.assertNotRegex(check, r"(?m)^jf-(flaky|meta) ")
         await self.nothing_left()
+
+
+class CancelledBulkTests(_Helpers):
+    # A set whose make.conf makes devel/jf-flaky's build phase take two minutes.
+    extra_toml = """
+[[sets]]
+name = "slow"
+make_conf = { "JF_SLEEP" = "120" }
+"""
+
+    @deferred_test
+    async def test_stopping_a_bulk_stops_poudriere_cleanly_and_the_next_bulk_completes(
+        self,
+    ) -> None:
+        request = await self.host.force("bulk-141amd64-default-slow", "test", "force-bulk")
+
+        async def building_slowly() -> Any:
+            builds = (await self.get(f"buildrequests/{request}/builds"))["builds"]
+            if not builds:
+                return None
+            steps = (await self.get(f"builds/{builds[0]['buildid']}/steps"))["steps"]
+            bulk = next((s for s in steps if s["name"] == "poudriere-bulk"), None)
+            # Everything but jf-flaky and its dependent jf-meta builds quickly.
+            if bulk and " 6/" in bulk["state_string"]:
+                return builds[0]
+            return None
+
+        running = await self.until("the bulk to reach the slow port", building_slowly, 120)
+        t = time.monotonic()
+        await self.host.rpc(f"builds/{running['buildid']}", "stop", reason="test cancels")
+        build = await self.first_build(request)
+        self.assertLess(time.monotonic() - t, 60)  # not the 120 s of the slow build
+        self.assertEqual(build["results"], 6)  # CANCELLED
+        steps = {
+            s["name"]: s for s in (await self.get(f"builds/{build['buildid']}/steps"))["steps"]
+        }
+        logs = {
+            log["name"]: log
+            for log in (await self.get(f"steps/{steps['poudriere-bulk']['stepid']}/logs"))["logs"]
+        }
+        # After poudriere stopped, the step ran `poudriere jail -k` for this MASTERNAME.
+        self.assertIn("recovery", logs)
+        recovery = await self.host.raw_log(logs["recovery"]["logid"])
+        self.assertIn("jail -k -j 141amd64 -p default -z slow", recovery)
+        await self.nothing_left()
+        # The next bulk (a fresh jail) completes.
+        again = await self.host.force("bulk-141amd64-default", "test", "force-bulk")
+        self.assertEqual((await self.first_build(again))["results"], 0)
+        await self.nothing_left()
