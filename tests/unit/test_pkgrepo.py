@@ -1,0 +1,371 @@
+"""The pkg repository: catalogue entries and archives, pkg's RSA signature (checked with real
+openssl), the signing_command protocol, and writing and verifying repositories in tmp_path
+(shared/spec/pkg-repository.md; fixtures: tests/fixtures/pkgrepo/README.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from twisted.internet import defer
+
+from jailfarm.cmd import Cmd, Result
+from jailfarm.errors import CommandFailed, UnsafeOperation
+from jailfarm.poudriere.pkgfile import BadPackage, PackageMeta, read_package, write_package
+from jailfarm.poudriere.pkgrepo import (
+    META_CONF,
+    RepositoryError,
+    catalogue_entry,
+    check_repository,
+    find_packages,
+    pack_catalogue,
+    render_data,
+    render_packagesite,
+    unpack_catalogue,
+    verify_repository,
+    write_repository,
+)
+from jailfarm.poudriere.pkgsign import (
+    CommandSigner,
+    KeyFileSigner,
+    SigningError,
+    catalogue_digest,
+    fingerprint_file,
+    parse_fingerprint_file,
+    parse_signing_command_output,
+    public_key_pem,
+    rsa_signature,
+    sign_with_command,
+    verify_rsa,
+)
+from jailfarm.runner import FakeRunner
+from tests.support import resolve
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "pkgrepo"
+HELLO = PackageMeta(
+    name="hello",
+    origin="misc/hello",
+    version="1.0",
+    comment="Tiny test package",
+    desc="A tiny package used to test repository tooling.",
+    maintainer="test@example.org",
+    www="https://example.org/hello",
+    abi="FreeBSD:14:amd64",
+)
+MTIME = 1_700_000_000
+WORLD = PackageMeta(**{**HELLO.__dict__, "name": "world", "origin": "misc/world"})
+
+
+def _key() -> bytes:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+
+
+@pytest.fixture(scope="module")
+def key() -> bytes:
+    return _key()
+
+
+@pytest.fixture(scope="module")
+def other_key() -> bytes:
+    return _key()
+
+
+def make_pkg(repo: Path, meta: PackageMeta, text: bytes, sub: str = "All") -> Path:
+    stage = repo.parent / f"stage-{meta.name}-{len(text)}"
+    (stage / "usr/local/share").mkdir(parents=True, exist_ok=True)
+    (stage / "usr/local/share" / meta.name).write_bytes(text)
+    os.utime(stage / "usr/local/share" / meta.name, (MTIME, MTIME))
+    (repo / sub).mkdir(parents=True, exist_ok=True)
+    return write_package(repo / sub / meta.filename, meta, stage, [f"share/{meta.name}"]).path
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    make_pkg(root, HELLO, b"Hello from jailfarm!\n")
+    make_pkg(root, WORLD, b"World!\n")
+    return root
+
+
+def members(blob: bytes) -> list[tarfile.TarInfo]:
+    raw = zstandard.ZstdDecompressor().decompressobj().decompress(blob)
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
+        return tar.getmembers()
+
+
+def key_file(tmp_path: Path, pem: bytes, name: str = "k.key") -> Path:
+    path = tmp_path / name
+    path.write_bytes(pem)
+    return path
+
+
+class CatalogueTests:
+    def test_meta_conf_is_the_spec_text(self) -> None:
+        assert (FIXTURES / "meta.conf").read_text() == META_CONF
+        assert len(META_CONF.encode()) == 168
+
+    def test_entry_has_repo_fields_in_pkg_key_order(self, repo: Path) -> None:
+        path = repo / "All/hello-1.0.pkg"
+        full, _ = read_package(path)
+        entry = catalogue_entry(full, "All/hello-1.0.pkg", path.read_bytes())
+        assert list(entry)[:15] == [
+            *("name", "origin", "version", "comment", "maintainer", "www", "abi", "arch"),
+            *("prefix", "sum", "flatsize", "path", "repopath", "pkgsize", "desc"),
+        ]
+        assert "files" not in entry
+        assert entry["pkgsize"] == path.stat().st_size
+        assert entry["sum"].startswith("2$") and entry["flatsize"] == 21
+
+    def test_data_is_one_json_line_and_packagesite_one_object_per_line(self) -> None:
+        entries = [{"name": "b", "path": "b.pkg"}, {"name": "a", "path": "a.pkg"}]
+        data = render_data(entries)
+        assert data.count(b"\n") == 1
+        assert data.startswith(b'{"groups":[],"expired_packages":[],"packages":[{"name":"a"')
+        lines = render_packagesite(entries).splitlines()
+        assert [json.loads(line)["name"] for line in lines] == ["a", "b"]
+
+    @pytest.mark.parametrize(
+        ("signature", "names"),
+        [
+            (None, ["data"]),
+            (b"sig\0", ["signature", "data"]),
+            ((b"sig", b"pem"), ["data.sig", "data.pub", "data"]),
+        ],
+    )
+    def test_archive_member_order_and_metadata(self, signature: Any, names: list[str]) -> None:
+        got = members(pack_catalogue("data", b"{}\n", signature))
+        assert [m.name for m in got] == names
+        assert {(m.mode, m.uname, m.gname, m.uid, m.gid, m.mtime) for m in got} == {
+            (0o644, "root", "wheel", 0, 0, 0)
+        }
+
+    def test_find_packages_skips_dot_dirs_latest_and_catalogues(self, repo: Path) -> None:
+        make_pkg(repo, WORLD, b"x", sub="Latest")
+        make_pkg(repo, WORLD, b"y", sub=".hidden")
+        (repo / "data.pkg").write_bytes(b"")
+        assert [p.relative_to(repo).as_posix() for p in find_packages(repo)] == [
+            "All/hello-1.0.pkg",
+            "All/world-1.0.pkg",
+        ]
+
+
+class SignatureTests:
+    def test_openssl_verifies_the_signature_over_the_hex_digest(
+        self, key: bytes, tmp_path: Path
+    ) -> None:
+        catalogue = b'{"groups":[],"expired_packages":[],"packages":[]}\n'
+        sig = rsa_signature(catalogue, key)
+        assert sig.endswith(b"\0") and len(sig) == 257
+        (tmp_path / "sig").write_bytes(sig[:-1])
+        (tmp_path / "k.pub").write_bytes(public_key_pem(key))
+        (tmp_path / "msg").write_bytes(hashlib.sha256(catalogue).hexdigest().encode())
+        argv = ["openssl", "dgst", "-sha256", "-verify", str(tmp_path / "k.pub")]
+        argv += ["-signature", str(tmp_path / "sig"), str(tmp_path / "msg")]
+        done = subprocess.run(argv, capture_output=True, check=False)
+        assert done.returncode == 0, done.stderr
+        assert b"Verified OK" in done.stdout
+
+    def test_verify_rejects_other_key_and_other_content(self, key: bytes, other_key: bytes) -> None:
+        sig = rsa_signature(b"data", key)
+        assert verify_rsa(b"data", sig, public_key_pem(key))
+        assert not verify_rsa(b"data", sig, public_key_pem(other_key))
+        assert not verify_rsa(b"datA", sig, public_key_pem(key))
+        assert not verify_rsa(b"data", sig, b"not a key")
+
+    def test_fingerprint_file_round_trip(self) -> None:
+        text = fingerprint_file(b"PEM\n")
+        assert text.startswith('function: "sha256"\n')
+        assert parse_fingerprint_file(text) == hashlib.sha256(b"PEM\n").hexdigest()
+        assert parse_fingerprint_file('function: "sha1"\nfingerprint: "ab"\n') is None
+
+
+class SigningCommandTests:
+    def test_parses_signature_with_newlines_and_cert(self) -> None:
+        out = b"SIGNATURE\nab\ncd\nCERT\n-----BEGIN-----\nxyz\n-----END-----\nEND\n"
+        assert parse_signing_command_output(out) == (
+            b"ab\ncd",
+            b"-----BEGIN-----\nxyz\n-----END-----\n",
+        )
+
+    @pytest.mark.parametrize(
+        ("out", "why"),
+        [
+            (b"", "wrote nothing"),
+            (b"SIGNATURE\nab\nCERT\npem\n", "without an END"),
+            (b"SIGNATURE\n\nCERT\npem\nEND\n", "empty signature"),
+            (b"SIGNATURE\nab\nEND\n", "lacks a SIGNATURE or CERT"),
+            (b"SIGNATURE\nab\nCERT\nEND\n", "empty CERT"),
+        ],
+    )
+    def test_rejects_bad_output(self, out: bytes, why: str) -> None:
+        with pytest.raises(SigningError, match=why):
+            parse_signing_command_output(out)
+
+    def test_sends_digest_line_and_fails_on_non_zero_exit(self) -> None:
+        runner = FakeRunner().expect("sign", rc=1, stderr="no key")
+        with pytest.raises(CommandFailed, match="no key"):
+            resolve(sign_with_command(runner, ["sign"], "ab" * 32))
+        assert runner.calls[0].stdin == b"ab" * 32 + b"\n"
+
+    def test_real_signing_script_output_verifies(self, key: bytes, tmp_path: Path) -> None:
+        pub = public_key_pem(key)
+        (tmp_path / "k.pub").write_bytes(pub)
+        digest = catalogue_digest(b"catalogue")
+        argv = [
+            "sh",
+            str(FIXTURES / "sign.sh"),
+            str(key_file(tmp_path, key)),
+            str(tmp_path / "k.pub"),
+        ]
+        done = subprocess.run(argv, input=f"{digest}\n".encode(), capture_output=True, check=True)
+        sig, cert = parse_signing_command_output(done.stdout)
+        assert cert == pub and len(sig) == 256
+        assert verify_rsa(b"catalogue", sig, cert)
+
+
+def write_pubkey_repo(repo: Path, key: bytes) -> None:
+    resolve(write_repository(repo, signer=KeyFileSigner(key_file(repo.parent, key))))
+
+
+class RepositoryTests:
+    def test_round_trip_pubkey(self, repo: Path, key: bytes) -> None:
+        info = resolve(write_repository(repo, signer=KeyFileSigner(key_file(repo.parent, key))))
+        assert info.paths == ("All/hello-1.0.pkg", "All/world-1.0.pkg")
+        assert (repo / "meta").read_text() == (repo / "meta.conf").read_text() == META_CONF
+        stamp = (repo / "meta.conf").stat().st_mtime_ns
+        assert {(repo / a).stat().st_mtime_ns for a in ("data.pkg", "packagesite.pkg")} == {stamp}
+        assert [m.name for m in members((repo / "data.pkg").read_bytes())] == ["signature", "data"]
+        assert unpack_catalogue((repo / "data.pkg").read_bytes())["data"] == info.data
+        verify_repository(repo, pubkey_pem=public_key_pem(key))
+        assert not [p for p in repo.iterdir() if p.name.endswith(".tmp")]
+
+    def test_same_input_gives_same_bytes(self, tmp_path: Path, key: bytes) -> None:
+        blobs = []
+        for name in ("a", "b"):
+            root = tmp_path / name / "repo"
+            make_pkg(root, HELLO, b"Hello\n")
+            write_pubkey_repo(root, key)
+            blobs.append([(root / a).read_bytes() for a in ("data.pkg", "packagesite.pkg")])
+        assert blobs[0] == blobs[1]
+
+    def test_wrong_key_is_rejected(self, repo: Path, key: bytes, other_key: bytes) -> None:
+        write_pubkey_repo(repo, key)
+        with pytest.raises(RepositoryError, match=r"^data\.pkg: signature verification failure"):
+            verify_repository(repo, pubkey_pem=public_key_pem(other_key))
+
+    def test_tampered_catalogue_is_rejected(self, repo: Path, key: bytes) -> None:
+        write_pubkey_repo(repo, key)
+        got = unpack_catalogue((repo / "data.pkg").read_bytes())
+        forged = got["data"].replace(b"Tiny test package", b"Tiny evil package")
+        (repo / "data.pkg").write_bytes(pack_catalogue("data", forged, got["signature"]))
+        with pytest.raises(RepositoryError, match=r"data\.pkg: signature verification failure"):
+            verify_repository(repo, pubkey_pem=public_key_pem(key))
+
+    def test_swapped_package_is_rejected(self, repo: Path, key: bytes) -> None:
+        write_pubkey_repo(repo, key)
+        hello = repo / "All/hello-1.0.pkg"
+        hello.write_bytes((repo / "All/world-1.0.pkg").read_bytes())
+        with pytest.raises(RepositoryError, match=r"^All/hello-1\.0\.pkg: (size|checksum)"):
+            verify_repository(repo, pubkey_pem=public_key_pem(key))
+
+    def test_same_size_tampering_is_a_checksum_mismatch(self, repo: Path, key: bytes) -> None:
+        write_pubkey_repo(repo, key)
+        hello = repo / "All/hello-1.0.pkg"
+        blob = bytearray(hello.read_bytes())
+        blob[-1] ^= 0xFF
+        hello.write_bytes(bytes(blob))
+        with pytest.raises(RepositoryError, match=r"^All/hello-1\.0\.pkg: checksum mismatch$"):
+            verify_repository(repo, pubkey_pem=public_key_pem(key))
+
+    def test_truncated_package_is_rejected_with_sizes(self, repo: Path, key: bytes) -> None:
+        write_pubkey_repo(repo, key)
+        pkg = repo / "All/world-1.0.pkg"
+        size = pkg.stat().st_size
+        pkg.write_bytes(pkg.read_bytes()[:-4])
+        problems = check_repository(repo, pubkey_pem=public_key_pem(key))
+        assert problems == [f"All/world-1.0.pkg: size {size - 4} != {size} in the catalogue"]
+
+    def test_unsigned_and_missing(self, repo: Path, key: bytes) -> None:
+        resolve(write_repository(repo))
+        (repo / "packagesite.pkg").unlink()
+        with pytest.raises(RepositoryError, match=r"data\.pkg: not signed"):
+            verify_repository(repo, pubkey_pem=public_key_pem(key))
+
+    def test_broken_package_is_named_and_nothing_is_written(self, repo: Path) -> None:
+        pkg = repo / "All/world-1.0.pkg"
+        pkg.write_bytes(pkg.read_bytes()[:-10])
+        with pytest.raises(BadPackage, match=r"world-1\.0\.pkg: truncated"):
+            resolve(write_repository(repo))
+        assert not (repo / "data.pkg").exists()
+
+    def test_explicit_package_list_must_be_inside_outdir(self, repo: Path, tmp_path: Path) -> None:
+        outside = make_pkg(tmp_path / "elsewhere", HELLO, b"x")
+        with pytest.raises(UnsafeOperation, match="not inside"):
+            resolve(write_repository(repo, [outside]))
+        info = resolve(write_repository(repo, [repo / "All/world-1.0.pkg"]))
+        assert info.paths == ("All/world-1.0.pkg",)
+
+
+@dataclass
+class FakeSigningCommand:
+    """A Runner that answers like fixtures/pkgrepo/sign.sh: signs the digest line on stdin."""
+
+    key: bytes
+    calls: list[Cmd] = field(default_factory=list)
+
+    def run(self, cmd: Cmd) -> defer.Deferred[Result]:
+        self.calls.append(cmd)
+        private = serialization.load_pem_private_key(self.key, password=None)
+        assert isinstance(private, rsa.RSAPrivateKey) and cmd.stdin is not None
+        sig = private.sign(cmd.stdin.rstrip(b"\n"), padding.PKCS1v15(), hashes.SHA256())
+        out = b"SIGNATURE\n" + sig + b"\nCERT\n" + public_key_pem(self.key) + b"END\n"
+        return defer.succeed(Result(cmd, 0, out))
+
+
+class FingerprintRepositoryTests:
+    def write(self, repo: Path, key: bytes) -> bytes:
+        runner = FakeSigningCommand(key)
+        resolve(write_repository(repo, signer=CommandSigner(runner, ["sign", "--batch"])))
+        assert [c.argv for c in runner.calls] == [("sign", "--batch")] * 2
+        return public_key_pem(key)
+
+    def keys_dir(self, tmp_path: Path, trusted: bytes | None, revoked: bytes | None) -> Path:
+        root = tmp_path / "keys"
+        for kind, pub in (("trusted", trusted), ("revoked", revoked)):
+            (root / kind).mkdir(parents=True)
+            if pub is not None:
+                (root / kind / "jailfarm").write_text(fingerprint_file(pub))
+        return root
+
+    def test_trusted_key_verifies(self, repo: Path, key: bytes, tmp_path: Path) -> None:
+        pub = self.write(repo, key)
+        names = [m.name for m in members((repo / "data.pkg").read_bytes())]
+        assert names == ["data.sig", "data.pub", "data"]
+        verify_repository(repo, fingerprints_dir=self.keys_dir(tmp_path, pub, None))
+
+    def test_untrusted_key(self, repo: Path, key: bytes, other_key: bytes, tmp_path: Path) -> None:
+        self.write(repo, key)
+        keys = self.keys_dir(tmp_path, public_key_pem(other_key), None)
+        with pytest.raises(RepositoryError, match=r"data\.pkg: No trusted public keys found"):
+            verify_repository(repo, fingerprints_dir=keys)
+
+    def test_revoked_key(self, repo: Path, key: bytes, tmp_path: Path) -> None:
+        pub = self.write(repo, key)
+        with pytest.raises(RepositoryError, match="certificates has been revoked"):
+            verify_repository(repo, fingerprints_dir=self.keys_dir(tmp_path, pub, pub))
