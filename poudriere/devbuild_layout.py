@@ -68,6 +68,19 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _read_settled(path: Path) -> str:
+    """Read a state file that another builder thread may be replacing (write_atomic) at this
+    very moment. On zfs-fuse (the dev host's worker clones) a lookup racing the rename can
+    answer ENOENT although the file exists before and after; these files are never deleted
+    during a build, so ENOENT here is transient: look again."""
+    for _ in range(100):
+        try:
+            return path.read_text()
+        except FileNotFoundError:
+            time.sleep(0.01)
+    return path.read_text()
+
+
 def render_data_json(files: Mapping[str, str], mini: bool = False) -> str:
     """`.data.json` (or `.data.mini.json`) from a build directory's `.poudriere.*` files, in
     json.awk's shape (§4.2): every value a string except the `skipped` counts; files ending
@@ -157,7 +170,7 @@ class BuildDir:
 
     def read(self) -> dict[str, str]:
         return {
-            p.name: p.read_text()
+            p.name: _read_settled(p)
             for p in self.path.iterdir()
             if p.name.startswith(".poudriere.") and p.is_file()
         }

@@ -87,3 +87,37 @@ class ZfsHostTests(PoolTestCase):
         with self.assertRaises(UnsafeOperation):
             await Zfs(self.runner, self.root).destroy(f"{self.pool}/other")
         self.assertTrue(await self.zfs.exists(self.root))
+
+
+class ZfsFuseRenameRaceTests(PoolTestCase):
+    """zfs-fuse answers ENOENT to a lookup that races a rename over the file (measured: about
+    a third of reads while another thread replaces it). The dev builder's state files live on
+    worker clones, so its reader must look again (devbuild_layout._read_settled)."""
+
+    def test_build_dir_reads_survive_concurrent_atomic_replaces(self) -> None:
+        import threading
+        import time as _time
+
+        from jailfarm.poudriere.devbuild_layout import BuildDir, write_atomic
+
+        directory = Path(self.mountpoint) / "farm"
+        build = BuildDir(directory)
+        write_atomic(directory / ".poudriere.status.01", "idle:\n")
+        stop = threading.Event()
+
+        def writer() -> None:
+            while not stop.is_set():
+                write_atomic(directory / ".poudriere.status.01", "build:devel/libjf:\n")
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        seen = set()
+        try:
+            deadline = _time.monotonic() + 1.0
+            while _time.monotonic() < deadline:
+                seen.add(build.read()[".poudriere.status.01"])
+        finally:
+            stop.set()
+            thread.join()
+        self.assertLessEqual(seen, {"idle:\n", "build:devel/libjf:\n"})
+        self.assertIn("build:devel/libjf:\n", seen)
