@@ -326,7 +326,9 @@ def pack(meta: PackageMeta, payload: Sequence[tuple[PayloadFile, bytes]]) -> byt
     return cctx.compress(buf.getvalue())
 
 
-def _decompress(blob: bytes) -> bytes:
+def decompress_frame(blob: bytes) -> bytes:
+    """The bytes of one complete zstd frame (a package or a catalogue archive); BadPackage for
+    corrupt data, a frame that ends early, or trailing bytes after it."""
     obj = zstandard.ZstdDecompressor().decompressobj()
     try:
         tar = obj.decompress(blob)
@@ -366,7 +368,7 @@ def unpack(blob: bytes) -> tuple[dict[str, Any], list[PayloadFile]]:
     `+MANIFEST` first, the compact manifest equal to the full one without files, every payload
     member listed in `files` exactly once with a matching sum. Raises BadPackage naming the
     problem (truncated archive, wrong member order, checksum mismatch for <path>, ...)."""
-    raw = _decompress(blob)
+    raw = decompress_frame(blob)
     try:
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
             members = tar.getmembers()

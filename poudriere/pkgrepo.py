@@ -22,6 +22,7 @@ from jailfarm.errors import FarmError, UnsafeOperation
 from jailfarm.poudriere.pkgfile import (
     BadPackage,
     PackageInfo,
+    decompress_frame,
     file_sum,
     sum_matches,
     to_json,
@@ -145,13 +146,7 @@ def pack_catalogue(name: str, content: bytes, signature: Signature | None = None
 def unpack_catalogue(blob: bytes) -> dict[str, bytes]:
     """Member name -> bytes of a catalogue archive (pure); ValueError for a corrupt or
     truncated archive."""
-    obj = zstandard.ZstdDecompressor().decompressobj()
-    try:
-        raw = obj.decompress(blob)
-    except zstandard.ZstdError as e:
-        raise ValueError(f"corrupt zstd data: {e}") from None
-    if not obj.eof:
-        raise ValueError("truncated archive")
+    raw = decompress_frame(blob)  # BadPackage is a ValueError
     out: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
