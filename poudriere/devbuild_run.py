@@ -18,11 +18,11 @@ from typing import IO, TYPE_CHECKING
 from jailfarm.errors import FarmError
 from jailfarm.poudriere import devbuild_graph as graph
 from jailfarm.poudriere import devbuild_layout as layout
+from jailfarm.poudriere import devbuild_sandbox as sandbox
 from jailfarm.poudriere.commands import Target, check_buildname, packages_dir
-from jailfarm.poudriere.pkgfile import write_package
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 
 class Fatal(FarmError):
@@ -135,7 +135,15 @@ class _Makes:
         self._procs: set[subprocess.Popen[bytes]] = set()
         self.stopping = False
 
-    def run(self, argv: Sequence[str], log: IO[str]) -> int:
+    def run(
+        self,
+        argv: Sequence[str],
+        log: IO[str],
+        pipe: tuple[int, int] | None = None,
+        on_line: Callable[[str], None] | None = None,
+    ) -> int:
+        """Run argv with output to log; with `pipe` (read, write), the child inherits the
+        write end and each line it writes there goes to `on_line` as it comes."""
         with self._lock:
             if self.stopping:
                 return 1
@@ -146,8 +154,15 @@ class _Makes:
                 stdin=subprocess.DEVNULL,
                 env=_ENV,
                 start_new_session=True,
+                pass_fds=pipe[1:] if pipe else (),
             )
             self._procs.add(proc)
+        if pipe:
+            os.close(pipe[1])
+            with os.fdopen(pipe[0]) as lines:
+                for line in lines:
+                    if on_line:
+                        on_line(line.strip())
         rc = proc.wait()  # interrupted by a signal, proc stays listed for stop()
         with self._lock:
             self._procs.discard(proc)
@@ -199,6 +214,8 @@ class Bulk:
         self.d = layout.BuildDir(data / "logs" / "bulk" / m / check_buildname(buildname))
         self.pkgdir = Path(packages_dir(str(data), target))
         self.mnt = data / ".m" / m
+        self.ref = self.mnt / "ref"  # the reference build root (devbuild_sandbox)
+        self.binds = sandbox.default_binds()
         self.makes = _Makes()
         self.t0 = time.monotonic()
         queued = len(plan.tobuild) + len(plan.ignored) + len(plan.skipped)
@@ -288,6 +305,7 @@ class Bulk:
         if plan.kept:
             self.say(f"Keeping {len(plan.kept)} up-to-date packages: {' '.join(plan.kept)}")
         self.building = layout.stash_packages(self.pkgdir, self.keep)
+        sandbox.make_reference(self.ref)
         self.d.status("building:")
         self.d.status("parallel_build:")
         self.update_json()
@@ -351,74 +369,62 @@ class Bulk:
     def build_port(
         self, origin: str, builder: str, extra_vars: Sequence[str] = ()
     ) -> tuple[str, int]:
-        """Build one port in a fresh root, `.m/<M>/<builder>` (builder "" is the reference
-        root `ref`, whose phases go to the top-level status, as testport's do); returns
+        """Build one port in a clean build root of its own (devbuild_sandbox: an overlay over
+        the reference root `.m/<M>/ref`, mounted at `.m/<M>/<builder>` in a nested
+        namespace; builder "" is testport's, whose phases go to the top-level status); returns
         (failed phase or "", elapsed seconds)."""
         port, start = self.ports[origin], time.monotonic()
-        root = self.mnt / (builder or "ref")
-        shutil.rmtree(root, ignore_errors=True)
-        local = root / "usr" / "local"
-        local.mkdir(parents=True)
-        make_vars = [
-            f"WRKDIRPREFIX={root}/wrkdirs",
-            f"DISTDIR={root}/distfiles",
-            f"LOCALBASE={local}",
-            f"STAGEDIR={root}/stage",
-            *self.make_vars,
-            *extra_vars,
-        ]
+        scratch = self.mnt / (builder or "tp")
+        scratch.mkdir(exist_ok=True)
+        read, write = os.pipe()
+        job = sandbox.Job(
+            ref=str(self.ref),
+            scratch=str(scratch),
+            tree=str(self.tree),
+            packages=str(self.building),
+            hostname=f"{self.target.mastername}-job-{builder or 'ref'}"[:64],
+            origin=origin,
+            pkgname=port.pkgname,
+            installs=tuple(
+                f"{self.ports[d].pkgname}.pkg" for d in graph.install_set(self.ports, origin)
+            ),
+            make_vars=(*self.make_vars, *extra_vars),
+            phases=graph.PHASES,
+            meta=graph.package_meta(self.ports, origin, self.abi),
+            binds=self.binds,
+            package_dir=self.package_dir(origin),
+            status_fd=write,
+        )
+        job_file = self.mnt / f".job-{builder or 'tp'}"
+        sandbox.write_job(job, job_file)
+        result = {"failed": graph.PHASES[0]}
+
+        def on_line(line: str) -> None:
+            word, _, phase = line.partition(" ")
+            if word == "phase":
+                now = int(time.monotonic())
+                self.d.status(f"{phase}:{origin}:{port.pkgname}:{int(start)}:{now}", builder)
+            elif word in ("ok", "failed"):
+                result["failed"] = phase
+
         with self.d.log_path(port.pkgname).open("w") as log:
-            log.write(f"build started at {time.ctime()}\nport directory: {self.tree / origin}\n")
+            log.write(f"build started at {time.ctime()}\nport directory: /usr/ports/{origin}\n")
             log.write(f"package name: {port.pkgname}\nbuilding for: {self.abi}\n")
             log.write(f"maintained by: {port.maintainer}\nBuilder Id: {builder}\n")
-            failed = self.run_phases(origin, builder, root, make_vars, log, start)
+            log.flush()
+            rc = self.makes.run(sandbox.argv(job_file), log, (read, write), on_line)
+            failed = result["failed"] if rc != 0 else ""
+            if rc != 0 and not failed:
+                failed = graph.PHASES[0]
+                log.write(f"Error: the build root exited with status {rc}\n")
             end = f"build of {origin} | {port.pkgname} ended at {time.ctime()}\n"
             log.write(end + ("!!! build failure encountered !!!\n" if failed else ""))
+        job_file.unlink(missing_ok=True)
         return failed, int(time.monotonic() - start)
 
-    def run_phases(
-        self,
-        origin: str,
-        builder: str,
-        root: Path,
-        make_vars: list[str],
-        log: IO[str],
-        start: float,
-    ) -> str:
-        port = self.ports[origin]
-        for phase in graph.PHASES:
-            now = int(time.monotonic())
-            self.d.status(f"{phase}:{origin}:{port.pkgname}:{int(start)}:{now}", builder)
-            log.write(f"=======================<phase: {phase:<15}>============================\n")
-            log.flush()
-            try:
-                if phase == "pkg-depends":  # poudriere installs the deps' packages first
-                    for dep in graph.install_set(self.ports, origin):
-                        log.write(f"===>   Installing {self.ports[dep].pkgname}\n")
-                        pkg = self.building / "All" / f"{self.ports[dep].pkgname}.pkg"
-                        layout.install_package(pkg, root)
-                rc = self.makes.run(bmake_argv(self.tree, origin, *make_vars, phase), log)
-                if rc == 0 and phase == "package":
-                    self.write_package(origin, root, make_vars)
-            except (FarmError, OSError, ValueError) as e:
-                log.write(f"Error: {e}\n")
-                rc = 1
-            log.write("=" * 75 + "\n")
-            if rc != 0:
-                return phase
-        return ""
-
-    def write_package(self, origin: str, root: Path, make_vars: list[str]) -> None:
-        argv = bmake_argv(self.tree, origin, *make_vars, "-V", "TMPPLIST")
-        out = subprocess.run(argv, capture_output=True, text=True, env=_ENV, check=True)
-        tmpplist = Path(out.stdout.strip()).read_text().splitlines()
-        plist = [line for line in tmpplist if line.strip() and not line.startswith("@")]
-        meta = graph.package_meta(self.ports, origin, self.abi)
-        write_package(self.package_path(origin, root), meta, root / "stage", plist)
-
-    def package_path(self, origin: str, root: Path) -> Path:
-        """Where a built package goes: `.building/All`, committed with the repository."""
-        return self.building / "All" / f"{self.ports[origin].pkgname}.pkg"
+    def package_dir(self, origin: str) -> str:
+        """Where the build root writes the package: `.building/All`, committed later."""
+        return f"{sandbox.PACKAGES}/All"
 
     def commit(self, jail_version: str, keep_old: int) -> None:
         for status in ("stopping_jobs:", "updating_stats:", "committing:"):

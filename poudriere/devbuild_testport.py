@@ -99,13 +99,9 @@ class Testport(Bulk):
         self.say(f"Finished {self.origin} | {port.pkgname}: Success")
         return 0
 
-    def package_path(self, origin: str, root: Path) -> Path:
+    def package_dir(self, origin: str) -> str:
         """The tested port's package: `/tmp/pkgs` in its build root, never committed."""
-        if origin != self.origin:
-            return super().package_path(origin, root)
-        pkgs = root / "tmp" / "pkgs"
-        pkgs.mkdir(parents=True, exist_ok=True)
-        return pkgs / f"{self.ports[origin].pkgname}.pkg"
+        return "/tmp/pkgs" if origin == self.origin else super().package_dir(origin)
 
 
 def _words(text: str, *fields: int) -> list[str]:

@@ -3,10 +3,12 @@
 exit codes as poudriere for the subset jailfarm uses (`jail`, `ports`, `bulk`, `testport`;
 shared/spec/poudriere.md §1, §4, §7).
 
-Honest limit: the clean environment is a fresh directory tree per port
-(`<data>/.m/<MASTERNAME>/<NN>/`, emptied before each port, dependencies unpacked from their
-packages into its usr/local), not a fresh jail clone rolled back to a snapshot as poudriere
-does; builds run as the caller, unconfined. Isolation in nested jails comes later.
+Each port builds in a clean build root of its own, made from a reference root as poudriere
+clones and rolls back its builder jails: a nested user/mount/PID namespace with an overlay
+whose tmpfs upper layer goes with the port (devbuild_sandbox). Honest limits: the base system
+in the build root is the host's (Debian's /usr, read-only), not a FreeBSD world, and the
+builder makes FreeBSD-format packages for the ABI of the poudriere jail without
+cross-compiling: the demo ports' programs are Linux programs.
 """
 
 from __future__ import annotations

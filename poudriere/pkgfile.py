@@ -15,7 +15,7 @@ import re
 import stat
 import tarfile
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
@@ -189,6 +189,13 @@ class PackageMeta:
         object.__setattr__(self, "deps", MappingProxyType(deps))
         object.__setattr__(self, "options", MappingProxyType(dict(sorted(self.options.items()))))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Picklable (the dev builder hands it to a build root); rebuilt, so re-validated."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["deps"] = {name: dict(spec) for name, spec in self.deps.items()}
+        values["options"] = dict(self.options)
+        return (_package_meta, (values,))
+
     @property
     def arch(self) -> str:
         return pkg_arch(self.abi)
@@ -196,6 +203,10 @@ class PackageMeta:
     @property
     def filename(self) -> str:
         return f"{self.name}-{self.version}.pkg"
+
+
+def _package_meta(values: dict[str, Any]) -> PackageMeta:
+    return PackageMeta(**values)
 
 
 @dataclass(frozen=True)

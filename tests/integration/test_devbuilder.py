@@ -357,3 +357,75 @@ def test_testport_fails_when_a_dependency_fails(tmp_path: Path) -> None:
     # As in poudriere, the tested port is never built: it stays queued without a result.
     assert [p.origin for p in result.by_result("pending")] == ["misc/jf-cowsay"]
     assert decide(farm, result, rc).outcome == "failure"
+
+
+PROBE = """\
+PORTNAME=	{name}
+PORTVERSION=	1.0
+CATEGORIES=	misc
+MAINTAINER=	ports@jailfarm.example
+COMMENT=	Looks at its build root
+WWW=		https://jailfarm.example/ports/{name}
+LICENSE=	BSD2CLAUSE
+{deps}
+do-build:
+	@echo "probe: host=$$(hostname) uid=$$(id -u) init=$$(cat /proc/1/cmdline | tr '\\\\0' ' ')"
+	@if touch /usr/bin/jf-leak 2>/dev/null; then echo "probe: /usr/bin writable"; \\
+	else echo "probe: /usr/bin read-only"; fi
+	@if touch /usr/ports/jf-leak 2>/dev/null; then echo "probe: ports writable"; \\
+	else echo "probe: ports read-only"; fi
+	@echo "probe: local=$$(cd /usr/local && find . -type f | sort | tr '\\\\n' ' ')"
+	@touch /usr/local/share/left-by-{name} /tmp/left-by-{name}
+
+do-install:
+	mkdir -p ${{STAGEDIR}}${{PREFIX}}/share/{name}
+	echo {name} > ${{STAGEDIR}}${{PREFIX}}/share/{name}/probe
+
+.include <bsd.port.mk>
+"""
+
+
+def test_each_port_builds_in_a_fresh_root_made_from_the_reference_root(tmp_path: Path) -> None:
+    """poudriere's clean environment per port (poudriere.md §4.1; linux-dev-host.md): a build
+    sees only its own dependencies in /usr/local, the system and the tree read-only, its own
+    PID 1, and what it leaves behind is gone for the next port; nothing stays mounted."""
+    tree = tmp_path / "ports"
+    shutil.copytree(TREE, tree)
+    names = ("jf-probe-a", "jf-probe-b", "jf-probe-c")
+    for name in names:
+        port = tree / "misc" / name
+        port.mkdir()
+        dep = "RUN_DEPENDS=\t${LOCALBASE}/share/jf-probe-a/probe:misc/jf-probe-a\n"
+        deps = dep if name == "jf-probe-c" else ""
+        (port / "Makefile").write_text(PROBE.format(name=name, deps=deps))
+        (port / "pkg-descr").write_text(f"{name} looks at its build root.\n")
+        (port / "pkg-plist").write_text(f"share/{name}/probe\n")
+    farm = make_farm(tmp_path, tree)
+    origins = [f"misc/{n}" for n in names]
+    for round_ in ("b1", "b2"):  # b2: all rebuilt, in the places b1's builds used
+        rc, result = farm.bulk(round_, *origins)
+        assert (rc, built(result)) == (0, set(origins))
+        logs = farm.data / "logs/bulk/j141-demo" / round_ / "logs"
+        probe = {
+            n: [
+                line
+                for line in (logs / f"{n}-1.0.log").read_text().splitlines()
+                if line.startswith("probe:")
+            ]
+            for n in names
+        }
+        for name in names:
+            host, perms, local = probe[name][0], probe[name][1:3], probe[name][3]
+            assert host.startswith("probe: host=j141-demo-job-0") and " uid=0 " in host
+            assert "jailfarm.poudriere.devbuild_sandbox" in host  # its own PID 1
+            assert perms == ["probe: /usr/bin read-only", "probe: ports read-only"]
+            mine = "./share/jf-probe-a/probe" if name == "jf-probe-c" else ""
+            assert local.rstrip() == f"probe: local={mine}".rstrip(), probe  # only its deps
+        shutil.rmtree(farm.packages / ".latest" / "All")  # rebuild them all next round
+        (farm.packages / ".latest" / "All").mkdir()
+    assert not (tree / "jf-leak").exists() and not Path("/usr/bin/jf-leak").exists()
+    ref = farm.data / ".m"
+    assert not ref.exists() or list(ref.iterdir()) == []
+    assert [
+        m for m in Path("/proc/self/mounts").read_text().splitlines() if str(tmp_path) in m
+    ] == []

@@ -438,3 +438,19 @@ class ReadPackageTests:
         tar[link.offset : link.offset + 512] = info.tobuf(tarfile.USTAR_FORMAT)
         with pytest.raises(BadPackage, match="checksum mismatch for /usr/local/share/hello/link"):
             unpack(zstandard.ZstdCompressor().compress(bytes(tar)))
+
+
+def test_package_meta_survives_pickling_and_is_validated_again() -> None:
+    """The dev builder hands the manifest to the port's build root as a pickle."""
+    import pickle
+
+    meta = replace(
+        HELLO,
+        deps={"libjf": {"origin": "devel/libjf", "version": "1.2.0"}},
+        options={"DOCS": "off"},
+    )
+    back = pickle.loads(pickle.dumps(meta))
+    assert back == meta and compact_manifest(back) == compact_manifest(meta)
+    forged = pickle.dumps(meta).replace(b"misc/hello", b"misc/he lo")
+    with pytest.raises(InvalidName):
+        pickle.loads(forged)
