@@ -13,16 +13,26 @@ from buildbot.plugins import schedulers, steps, util
 
 from jailfarm.config import FarmConfig, PortSet, PortsTree, PoudriereJail, load_farm
 from jailfarm.master.steps import PoudriereBulk
-from jailfarm.poudriere.conf import PoudriereConf, etc_files, farm_conf
+from jailfarm.poudriere.commands import PRIVILEGE
+from jailfarm.poudriere.conf import PoudriereConf, etc_files, farm_conf, freebsd_worker_conf
 from jailfarm.workers.latent import JailLatentWorker
 from jailfarm.workers.layout import worker_slots
 from jailfarm.workers.reaper import ReaperService
 
 JAIL_CHECK = "jail-check"
-# poudriere's configuration and data inside a worker jail (the worker user's home: writable,
-# and thrown away with the jail).
+# poudriere's configuration inside a worker jail: the worker user's home (writable, thrown away
+# with the jail). Its data: there too on the dev host, whose builder runs as the worker user;
+# on FreeBSD poudriere runs as root (through sudo) with its jails in the template's BASEFS.
 POUDRIERE_ETC = "/home/buildbot/poudriere"
 POUDRIERE_DATA = f"{POUDRIERE_ETC}/data"
+
+
+def poudriere_layout(cfg: FarmConfig) -> tuple[PoudriereConf, tuple[str, ...]]:
+    """poudriere.conf's places and the privilege poudriere runs with, per platform."""
+    if cfg.platform == "linux-dev":
+        conf = PoudriereConf(basefs=POUDRIERE_ETC, no_zfs=True, poudriere_data=POUDRIERE_DATA)
+        return farm_conf(cfg, conf), ()
+    return freebsd_worker_conf(cfg), PRIVILEGE[1]
 
 
 def jail_check_factory() -> util.BuildFactory:
@@ -58,6 +68,8 @@ def bulk_factory(
     configuration (poudriere.conf, each set's make.conf and list) and register the jail and the
     tree; then bulk the set's packages (every port when it lists none)."""
     program = poudriere_program(cfg)
+    conf, privilege = poudriere_layout(cfg)
+    poudriere = [*privilege, program, "-e", POUDRIERE_ETC]
     factory = util.BuildFactory()
     factory.addStep(
         steps.Git(
@@ -71,72 +83,55 @@ def bulk_factory(
             haltOnFailure=True,
         )
     )
-    if cfg.platform == "linux-dev":
-        # On FreeBSD the template carries poudriere's jails and trees (provisioning); the dev
-        # host's builder registers the jail and the checked-out tree for each build.
-        poudriere = [program, "-e", POUDRIERE_ETC]
-        conf = farm_conf(
-            cfg, PoudriereConf(basefs=POUDRIERE_ETC, no_zfs=True, poudriere_data=POUDRIERE_DATA)
-        )
-        for etc in etc_files(cfg, conf):
-            factory.addStep(
-                steps.StringDownload(
-                    etc.text,
-                    name="etc-" + etc.path.replace("/", "-").replace(".", "-"),
-                    mode=0o644,
-                    workerdest=f"{POUDRIERE_ETC}/{etc.path}",
-                    haltOnFailure=True,
-                )
-            )
+    for etc in etc_files(cfg, conf):
         factory.addStep(
-            steps.ShellSequence(
-                name="poudriere-setup",
-                logEnviron=False,
+            steps.StringDownload(
+                etc.text,
+                name="etc-" + etc.path.replace("/", "-").replace(".", "-"),
+                mode=0o644,
+                workerdest=f"{POUDRIERE_ETC}/{etc.path}",
                 haltOnFailure=True,
-                commands=[
-                    util.ShellArg(
-                        command=[
-                            *poudriere,
-                            "jail",
-                            "-c",
-                            "-j",
-                            jail.name,
-                            "-v",
-                            jail.version,
-                            "-a",
-                            jail.arch,
-                            "-m",
-                            "null",
-                        ],
-                        logname="jail",
-                        haltOnFailure=True,
-                    ),
-                    util.ShellArg(
-                        command=[
-                            *poudriere,
-                            "ports",
-                            "-c",
-                            "-p",
-                            tree.name,
-                            "-m",
-                            "null",
-                            "-M",
-                            util.Interpolate("%(prop:builddir)s/ports"),
-                        ],
-                        logname="ports",
-                        haltOnFailure=True,
-                    ),
-                ],
             )
         )
+    if cfg.platform == "linux-dev":
+        # The dev host's builder registers the jail for each build (it only records it).
+        jail_cmd = ["jail", "-c", "-j", jail.name, "-v", jail.version, "-a", jail.arch]
+        jail_cmd += ["-m", "null"]
+    else:
+        # Creating a FreeBSD jail downloads and extracts a release: the worker template
+        # carries it (templatefill); a template without it fails here, saying so.
+        jail_cmd = ["jail", "-i", "-j", jail.name]
+    # The tree is the checkout of the pushed commit, registered as a null-mounted tree
+    # (poudriere.md §1.2), on both platforms.
+    ports_cmd = ["ports", "-c", "-p", tree.name, "-m", "null", "-M"]
+    factory.addStep(
+        steps.ShellSequence(
+            name="poudriere-setup",
+            logEnviron=False,
+            haltOnFailure=True,
+            commands=[
+                util.ShellArg(command=[*poudriere, *jail_cmd], logname="jail", haltOnFailure=True),
+                util.ShellArg(
+                    command=[
+                        *poudriere,
+                        *ports_cmd,
+                        util.Interpolate("%(prop:builddir)s/ports"),
+                    ],
+                    logname="ports",
+                    haltOnFailure=True,
+                ),
+            ],
+        )
+    )
     factory.addStep(
         PoudriereBulk(
             jail=jail.name,
             tree=tree.name,
             set_name=pset.name,
             etcdir=POUDRIERE_ETC,
-            data_dir=POUDRIERE_DATA,
+            data_dir=conf.poudriere_data or POUDRIERE_DATA,
             poudriere=program,
+            privilege=privilege,
             builders=cfg.workers.builders,
             origins=list(pset.packages),
             all_ports=not pset.packages,

@@ -262,6 +262,7 @@ class _PoudriereStep(buildstep.ShellMixin, buildstep.BuildStep):  # type: ignore
         set_name: Any = None,
         builders: Any = None,
         poudriere: str = "poudriere",
+        privilege: Sequence[str] = (),
         log_url: str | None = None,
         on_port_failure: OnPortFailure = "failure",
         policy: Policy | None = None,
@@ -275,7 +276,7 @@ class _PoudriereStep(buildstep.ShellMixin, buildstep.BuildStep):  # type: ignore
         if on_port_failure not in ("failure", "warnings"):
             config.error(f"{self.kind}: on_port_failure must be 'failure' or 'warnings'")
         try:
-            Poudriere(etcdir, poudriere)  # validates etcdir
+            Poudriere(etcdir, poudriere, privilege=tuple(privilege))  # validates them
             make_buildname(buildname_prefix, 0)  # validates the prefix
             build_dir(data_dir, Target("j"), "b")  # validates data_dir
         except ValueError as e:
@@ -283,6 +284,7 @@ class _PoudriereStep(buildstep.ShellMixin, buildstep.BuildStep):  # type: ignore
         self.jail, self.tree, self.set_name = jail, tree, set_name
         self.builders, self.buildname = builders, buildname
         self.etcdir, self.data_dir, self.poudriere = etcdir, data_dir, poudriere
+        self.privilege = tuple(privilege)
         self.log_url, self.on_port_failure = log_url, on_port_failure
         self.policy, self.buildname_prefix = policy or Policy(), buildname_prefix
         self.read_timeout = read_timeout
@@ -302,7 +304,7 @@ class _PoudriereStep(buildstep.ShellMixin, buildstep.BuildStep):  # type: ignore
 
     def _plan(self) -> _Plan:
         target = Target(self.jail, self.tree or DEFAULT_TREE, self.set_name or None)
-        p = Poudriere(self.etcdir, self.poudriere)
+        p = Poudriere(self.etcdir, self.poudriere, privilege=self.privilege)
         name = self.buildname or make_buildname(self.buildname_prefix, int(self.build.number))
         builders = int(self.builders) if self.builders is not None else None
         options = BuildOptions(name, builders=builders)

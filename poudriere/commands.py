@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from jailfarm.cmd import Cmd
 from jailfarm.configschema import ARCHES, RELEASE
+from jailfarm.errors import InvalidName
 from jailfarm.names import BRANCH, ENV_KEY, ORIGIN, POUDRIERE_JAIL, SET, TREE, NameRule
 
 DEFAULT_TREE = "default"  # `-p` defaults to `default`, and MASTERNAME always has it (§4.1)
@@ -117,6 +118,9 @@ def build_jail_names(target: Target, builders: int) -> tuple[str, ...]:
     return (m, f"{m}-n", *(j for job in jobs for j in (job, f"{job}-n")))
 
 
+PRIVILEGE: tuple[tuple[str, ...], ...] = ((), ("sudo", "-n"))
+
+
 @dataclass(frozen=True)
 class Poudriere:
     """The global invocation: `<program> -e <etcdir> [-N] [-s VAR=value]... <command>`.
@@ -127,15 +131,21 @@ class Poudriere:
     program: str = "poudriere"
     no_color: bool = True
     defines: tuple[tuple[str, str], ...] = ()
+    # poudriere runs as root (§3); a worker runs as an unprivileged user and gets root for
+    # poudriere alone through sudo (a rule in the FreeBSD worker template). () on the dev host,
+    # whose builder needs no privilege.
+    privilege: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _path(self.etcdir)
+        if self.privilege not in PRIVILEGE:
+            raise InvalidName(f"privilege {self.privilege!r}: expected one of {PRIVILEGE}")
         for key, value in self.defines:
             ENV_KEY.check(key)
             _word(value, f"-s {key}", _VALUE)
 
     def cmd(self, command: str, *args: str) -> Cmd:
-        words = [self.program, "-e", self.etcdir]
+        words = [*self.privilege, self.program, "-e", self.etcdir]
         if self.no_color:
             words.append("-N")  # global -N (colours off), not `bulk -N` (§0)
         for key, value in self.defines:

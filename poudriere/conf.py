@@ -309,6 +309,19 @@ def farm_conf(farm: FarmConfig, conf: PoudriereConf, *, sign: bool = False) -> P
     return replace(conf, pkg_repo_signing_key=farm.signing.key_file)
 
 
+# Where poudriere keeps its jails and data in a FreeBSD worker jail: the template's tree (made
+# by templatefill, cloned per build). NO_ZFS: the worker's clone is the copy-on-write layer,
+# and poudriere needs no dataset delegated to the worker.
+FREEBSD_BASEFS = "/usr/local/poudriere"
+
+
+def freebsd_worker_conf(farm: FarmConfig) -> PoudriereConf:
+    conf = PoudriereConf(
+        basefs=FREEBSD_BASEFS, no_zfs=True, poudriere_data=f"{FREEBSD_BASEFS}/data"
+    )
+    return farm_conf(farm, conf)
+
+
 def etc_files(
     farm: FarmConfig, conf: PoudriereConf, version: PoudriereVersion | None = None
 ) -> tuple[EtcFile, ...]:

@@ -13,7 +13,7 @@ from jailfarm.errors import ParseError, UnsafeOperation
 from jailfarm.host.base import WORKER_UID, WORKER_USER
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
 
 # ---- secrets --------------------------------------------------------------------------------
@@ -102,6 +102,12 @@ def base_url(release: str, machine: str, machine_arch: str) -> str:
     return f"{MIRROR}/{tree}/{machine}/{machine_arch}/{m.group(1)}/base.txz"
 
 
+# The worker runs unprivileged; poudriere must run as root (poudriere.md §3): sudo lets the
+# worker user run poudriere, and nothing else, as root (the worker jail is thrown away).
+SUDO_RULE = f"{WORKER_USER} ALL=(root) NOPASSWD: /usr/local/bin/poudriere\n"
+REQUIRED_PACKAGES = ("poudriere", "sudo")
+
+
 def plan_freebsd_fill(
     mountpoint: str,
     release: str,
@@ -109,11 +115,15 @@ def plan_freebsd_fill(
     machine_arch: str,
     packages: Iterable[str],
     cache_dir: str,
+    poudriere_conf: str = "",
+    poudriere_jails: Sequence[tuple[str, str, str]] = (),
 ) -> list[Cmd]:
     """Commands that turn the (mounted, writable) template dataset into a fresh worker tree.
 
     The arch is the jail host's own (`uname -m -p`), not a poudriere jail's: the worker jail
     runs natively on the host kernel, and poudriere cross-builds other arches inside it.
+    With `poudriere_jails` ((name, version, arch), ...) the template gets poudriere.conf and
+    those poudriere jails, made once here rather than downloaded by every build.
     """
     m = _RELEASE.fullmatch(release)
     if m is None or not _MOUNTPOINT.fullmatch(mountpoint) or not _MOUNTPOINT.fullmatch(cache_dir):
@@ -121,13 +131,44 @@ def plan_freebsd_fill(
     tarball = f"{cache_dir}/{m.group(1)}-{machine_arch}-base.txz"
     pkg_env = {"ASSUME_ALWAYS_YES": "yes"}
     pkgs = tuple(packages)
+    pkgs += tuple(p for p in REQUIRED_PACKAGES if pkgs and p not in pkgs)
     user, home = WORKER_USER, f"/home/{WORKER_USER}"
+    sudoers = f"{mountpoint}/usr/local/etc/sudoers.d/jailfarm-poudriere"
+    conf = f"{mountpoint}/usr/local/etc/poudriere.conf"
+    jails = [
+        # poudriere.md 1.1: jail -c fetches and extracts the release into BASEFS/jails/NAME.
+        Cmd(
+            (
+                "chroot",
+                mountpoint,
+                "/usr/local/bin/poudriere",
+                "jail",
+                "-c",
+                "-j",
+                name,
+                "-v",
+                version,
+                "-a",
+                arch,
+            ),
+            timeout=3600,
+        )
+        for name, version, arch in poudriere_jails
+    ]
     pkg_steps = [
         # pkg -c runs the host's pkg chrooted into the tree, which needs /dev/null there (f.117,
         # pkg issue #1763); -c rather than -r/--rootdir, so package scripts run as in the jail.
         Cmd(("mount", "-t", "devfs", "devfs", f"{mountpoint}/dev")),
         Cmd(("pkg", "-c", mountpoint, "install", "-y", *pkgs), env=pkg_env, timeout=3600),
         Cmd(("pkg", "-c", mountpoint, "clean", "-a", "-y"), env=pkg_env),
+        Cmd(("dd", f"of={sudoers}", "status=none"), stdin=SUDO_RULE.encode()),
+        Cmd(("chmod", "0440", sudoers)),
+        *(
+            [Cmd(("dd", f"of={conf}", "status=none"), stdin=poudriere_conf.encode())]
+            if poudriere_conf
+            else []
+        ),
+        *jails,
         Cmd(("umount", f"{mountpoint}/dev")),
     ]
     # fmt: off

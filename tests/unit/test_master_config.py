@@ -195,6 +195,41 @@ class BuilderAndSchedulerTests:
         force = config()["schedulers"][1]
         assert (force.name, force.builderNames) == ("force-bulk", ["bulk-141amd64-default"])
 
+    def test_on_freebsd_poudriere_runs_through_sudo_with_the_template_jail(self) -> None:
+        """poudriere must run as root (poudriere.md §3) while the worker is unprivileged: the
+        FreeBSD template's sudo rule; the jail is the template's (checked, not created), the
+        tree the checkout of the pushed commit."""
+        data = linux_farm(
+            farm={"platform": "freebsd", "name": "ci", "prefix": "jf"},
+            jail_hosts=[{"name": "local", "max_jails": 2}],
+            workers={"pb_port": 9990},
+            database={"url": "sqlite:///state.sqlite"},
+        )
+        del data["zfs"]
+        data["zfs"] = {"pool": "zroot", "root": "zroot/jf"}
+        data["signing"] = {"key_file": "/usr/local/etc/jailfarm/repo.key"}
+        data["template"] = {"release": "14.1-RELEASE"}
+        builder = build_config(parse_farm(data), FARM_TOML)["builders"][1]
+        steps = {s.kwargs.get("name") or s.step_class.name: s for s in builder.factory.steps}
+        poudriere = ["sudo", "-n", "poudriere", "-e", "/home/buildbot/poudriere"]
+        jail, ports = steps["poudriere-setup"].kwargs["commands"]
+        assert jail.command == [*poudriere, "jail", "-i", "-j", "141amd64"]
+        assert ports.command[:-1] == [
+            *poudriere,
+            "ports",
+            "-c",
+            "-p",
+            "default",
+            "-m",
+            "null",
+            "-M",
+        ]
+        conf = steps["etc-poudriere-conf"].args[0]
+        assert "BASEFS='/usr/local/poudriere'\n" in conf and "NO_ZFS='yes'\n" in conf
+        bulk = steps["poudriere-bulk"].kwargs
+        assert bulk["privilege"] == ("sudo", "-n")
+        assert bulk["data_dir"] == "/usr/local/poudriere/data"
+
     def test_the_reaper_service_reads_the_same_farm_file(self) -> None:
         (reaper,) = config()["services"]
         assert isinstance(reaper, ReaperService)

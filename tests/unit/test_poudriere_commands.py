@@ -337,3 +337,14 @@ class NamingTests:
             Target(bad)
         with pytest.raises(InvalidName):
             Target("j", "default", bad)
+
+
+def test_poudriere_runs_as_root_through_sudo_and_recovery_does_too() -> None:
+    """poudriere needs root (§3); an unprivileged FreeBSD worker gets it from the template's
+    sudo rule, non-interactively (-n fails instead of waiting for a password)."""
+    p = Poudriere("/home/buildbot/poudriere", privilege=("sudo", "-n"))
+    kill = jail_kill_cmd(p, Target("141amd64", "default"))
+    assert kill.argv[:5] == ("sudo", "-n", "poudriere", "-e", "/home/buildbot/poudriere")
+    assert Poudriere("/e").cmd("status").argv[0] == "poudriere"
+    with pytest.raises(ValueError, match="privilege"):
+        Poudriere("/e", privilege=("sh", "-c"))

@@ -18,6 +18,7 @@ from jailfarm.config import parse_farm
 from jailfarm.errors import CommandFailed, ParseError, UnsafeOperation
 from jailfarm.host.platform import make_platform
 from jailfarm.host.zfs import LIST_PROPERTIES, parse_get
+from jailfarm.poudriere.conf import freebsd_worker_conf, render_poudriere_conf
 from jailfarm.runner import FakeRunner
 from jailfarm.workers.errors import TemplateError
 from jailfarm.workers.template import (
@@ -347,8 +348,20 @@ class FreeBsdPlanTests:
             "aarch64",
             ("py311-buildbot-worker", "poudriere", "git-lite"),
             "/var/db/jailfarm/cache/dist",
+            "BASEFS='/usr/local/poudriere'\n",
+            [("141amd64", "14.1-RELEASE", "amd64"), ("132i386", "13.2-RELEASE", "i386")],
         )
         assert golden(plan) == expected
+        sudo = next(
+            c
+            for c in plan
+            if c.argv[-2:]
+            == (
+                "of=/jf/farm/templates/worker/usr/local/etc/sudoers.d/jailfarm-poudriere",
+                "status=none",
+            )
+        )
+        assert sudo.stdin == b"buildbot ALL=(root) NOPASSWD: /usr/local/bin/poudriere\n"
 
     def test_no_packages_means_no_devfs_and_no_pkg(self) -> None:
         plan = plan_freebsd_fill("/j/t", "14.1-RELEASE", "amd64", "amd64", (), "/var/cache/jf")
@@ -449,6 +462,8 @@ class OperationTests(SynchronousTestCase):
             "amd64",
             cfg.template.packages,
             "/var/db/jailfarm/cache/dist",
+            render_poudriere_conf(freebsd_worker_conf(cfg)),
+            [(j.name, j.version, j.arch) for j in cfg.poudriere_jails],
         ):
             failing = fail_at is not None and cmd.argv[:2] == tuple(fail_at.split())
             out = f"{MNT}/etc/ssh/ssh_host_rsa_key\n" if cmd.argv[-1] == "-delete" else ""
