@@ -14,25 +14,24 @@ from buildbot.plugins import schedulers, steps, util
 from jailfarm.config import FarmConfig, PortSet, PortsTree, PoudriereJail, load_farm
 from jailfarm.master.steps import PoudriereBulk
 from jailfarm.poudriere.commands import PRIVILEGE
-from jailfarm.poudriere.conf import PoudriereConf, etc_files, farm_conf, freebsd_worker_conf
+from jailfarm.poudriere.conf import (
+    WORKER_ETC,
+    PoudriereConf,
+    etc_files,
+    worker_conf,
+    worker_data,
+)
 from jailfarm.workers.latent import JailLatentWorker
 from jailfarm.workers.layout import worker_slots
 from jailfarm.workers.reaper import ReaperService
 
 JAIL_CHECK = "jail-check"
-# poudriere's configuration inside a worker jail: the worker user's home (writable, thrown away
-# with the jail). Its data: there too on the dev host, whose builder runs as the worker user;
-# on FreeBSD poudriere runs as root (through sudo) with its jails in the template's BASEFS.
-POUDRIERE_ETC = "/home/buildbot/poudriere"
-POUDRIERE_DATA = f"{POUDRIERE_ETC}/data"
 
 
 def poudriere_layout(cfg: FarmConfig) -> tuple[PoudriereConf, tuple[str, ...]]:
-    """poudriere.conf's places and the privilege poudriere runs with, per platform."""
-    if cfg.platform == "linux-dev":
-        conf = PoudriereConf(basefs=POUDRIERE_ETC, no_zfs=True, poudriere_data=POUDRIERE_DATA)
-        return farm_conf(cfg, conf), ()
-    return freebsd_worker_conf(cfg), PRIVILEGE[1]
+    """poudriere.conf of the workers and the privilege poudriere runs with (poudriere.md §3):
+    root through sudo on FreeBSD; the dev host's builder needs none."""
+    return worker_conf(cfg), (() if cfg.platform == "linux-dev" else PRIVILEGE[1])
 
 
 def jail_check_factory() -> util.BuildFactory:
@@ -69,7 +68,7 @@ def bulk_factory(
     tree; then bulk the set's packages (every port when it lists none)."""
     program = poudriere_program(cfg)
     conf, privilege = poudriere_layout(cfg)
-    poudriere = [*privilege, program, "-e", POUDRIERE_ETC]
+    poudriere = [*privilege, program, "-e", WORKER_ETC]
     factory = util.BuildFactory()
     factory.addStep(
         steps.Git(
@@ -89,7 +88,7 @@ def bulk_factory(
                 etc.text,
                 name="etc-" + etc.path.replace("/", "-").replace(".", "-"),
                 mode=0o644,
-                workerdest=f"{POUDRIERE_ETC}/{etc.path}",
+                workerdest=f"{WORKER_ETC}/{etc.path}",
                 haltOnFailure=True,
             )
         )
@@ -128,8 +127,8 @@ def bulk_factory(
             jail=jail.name,
             tree=tree.name,
             set_name=pset.name,
-            etcdir=POUDRIERE_ETC,
-            data_dir=conf.poudriere_data or POUDRIERE_DATA,
+            etcdir=WORKER_ETC,
+            data_dir=worker_data(cfg.platform),
             poudriere=program,
             privilege=privilege,
             builders=cfg.workers.builders,
@@ -163,12 +162,15 @@ def build_config(cfg: FarmConfig, farm_toml: str) -> dict[str, Any]:
         for slot in worker_slots(cfg)
     ]
     names = [w.name for w in workers]
+    # One bulk per MASTERNAME at a time (poudriere refuses a second one, §7): its packages
+    # live in the jail host's packages dataset, shared by the worker jails.
     bulks = [
         util.BuilderConfig(
             name=bulk_builder_name(j, t, s),
             workernames=names,
             factory=bulk_factory(cfg, j, t, s),
             collapseRequests=False,
+            locks=[util.MasterLock(bulk_builder_name(j, t, s)).access("exclusive")],
         )
         for j in cfg.poudriere_jails
         for t in cfg.trees

@@ -309,17 +309,30 @@ def farm_conf(farm: FarmConfig, conf: PoudriereConf, *, sign: bool = False) -> P
     return replace(conf, pkg_repo_signing_key=farm.signing.key_file)
 
 
-# Where poudriere keeps its jails and data in a FreeBSD worker jail: the template's tree (made
-# by templatefill, cloned per build). NO_ZFS: the worker's clone is the copy-on-write layer,
-# and poudriere needs no dataset delegated to the worker.
+# poudriere inside a worker jail. Its configuration: the worker user's home (writable, thrown
+# away with the jail). Its jails and data: there too on the dev host, whose builder runs as the
+# worker user; on FreeBSD poudriere runs as root (through sudo) with its jails in the template
+# (templatefill), NO_ZFS: the worker's clone is the copy-on-write layer and no dataset needs to
+# be delegated to the worker. `<data>/packages` is the jail host's packages dataset, mounted
+# read-write, so packages outlive the worker jail and up-to-date ones are not rebuilt.
+WORKER_ETC = "/home/buildbot/poudriere"
 FREEBSD_BASEFS = "/usr/local/poudriere"
 
 
-def freebsd_worker_conf(farm: FarmConfig) -> PoudriereConf:
-    conf = PoudriereConf(
-        basefs=FREEBSD_BASEFS, no_zfs=True, poudriere_data=f"{FREEBSD_BASEFS}/data"
-    )
+def worker_conf(farm: FarmConfig) -> PoudriereConf:
+    """poudriere.conf of the farm's worker jails."""
+    if farm.platform == "linux-dev":
+        conf = PoudriereConf(basefs=WORKER_ETC, no_zfs=True, poudriere_data=f"{WORKER_ETC}/data")
+    else:
+        conf = PoudriereConf(
+            basefs=FREEBSD_BASEFS, no_zfs=True, poudriere_data=f"{FREEBSD_BASEFS}/data"
+        )
     return farm_conf(farm, conf)
+
+
+def worker_data(platform: str) -> str:
+    """POUDRIERE_DATA in the worker jails of a platform."""
+    return f"{WORKER_ETC}/data" if platform == "linux-dev" else f"{FREEBSD_BASEFS}/data"
 
 
 def etc_files(

@@ -5,6 +5,8 @@ Datasets under `zfs.root` on every jail host:
                                     generations; the user property `jailfarm:current` names the
                                     generation new workers are cloned from
   <root>/jails/<jail>               one clone per running worker jail, carrying its lease
+  <root>/packages                   poudriere's packages (`<mastername>/` each), mounted into
+                                    every worker jail, so they outlive the jails
 Worker (and jail) names are `<prefix>w<N>`, numbered across all jail hosts.
 """
 
@@ -38,6 +40,10 @@ def templates_dataset(cfg: FarmConfig) -> str:
 
 def jails_dataset(cfg: FarmConfig) -> str:
     return f"{cfg.zfs.root}/jails"
+
+
+def packages_dataset(cfg: FarmConfig) -> str:
+    return f"{cfg.zfs.root}/packages"
 
 
 def clone_dataset(cfg: FarmConfig, jail: str) -> str:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
 
-from jailfarm.errors import FarmError
+from jailfarm.errors import CommandFailed, FarmError
 from jailfarm.host.base import WORKER_USER
 from jailfarm.workers import layout, workerplan
 from jailfarm.workers.template import current_snapshot
@@ -48,12 +48,15 @@ async def start_worker_jail(
     if info is None or not info.mountpoint or not info.mounted:
         # Never write the password into whatever filesystem holds an unmounted mountpoint.
         raise FarmError(f"clone {clone} is not mounted; not starting a worker on it")
+    packages = await packages_dataset(platform, cfg)
+    for cmd in workerplan.packages_dirs(platform.name, info.mountpoint, packages):
+        (await jails.runner.run(cmd)).check()
     tac = workerplan.worker_tac(
         master[0], master[1], name, password, workerplan.tool_dirs(platform.name)
     )
     for cmd in workerplan.write_worker_files(info.mountpoint, tac):
         (await jails.runner.run(cmd)).check()
-    await jails.start(workerplan.jail_spec(cfg, name, info.mountpoint))
+    await jails.start(workerplan.jail_spec(cfg, name, info.mountpoint, packages, platform.name))
     started = await jails.exec(
         name, workerplan.start_worker_argv(platform.name), user=WORKER_USER, timeout=60
     )
@@ -63,6 +66,21 @@ async def start_worker_jail(
     log.info(
         "worker jail {name} started from {snap} for build {b}", name=name, snap=snapshot, b=buildid
     )
+
+
+async def packages_dataset(platform: HostPlatform, cfg: FarmConfig) -> str:
+    """The jail host's packages dataset (made on first use); its mountpoint."""
+    zfs, dataset = platform.zfs, layout.packages_dataset(cfg)
+    info = await zfs.info(dataset, ())
+    if info is None:
+        try:
+            await zfs.create(dataset)
+        except CommandFailed:
+            pass  # another worker made it meanwhile: checked below
+        info = await zfs.info(dataset, ())
+    if info is None or not info.mounted or not info.mountpoint:
+        raise FarmError(f"{dataset} is missing or not mounted; mount it with `zfs mount -a`")
+    return info.mountpoint
 
 
 async def teardown_worker_jail(

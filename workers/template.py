@@ -26,7 +26,7 @@ from jailfarm.host.platform import host_platforms
 from jailfarm.host.zfs import MISSING, get_cmd, parse_get
 from jailfarm.host.zfsfuse import NOT_RUNNING
 from jailfarm.names import snapshot_name
-from jailfarm.poudriere.conf import freebsd_worker_conf, render_poudriere_conf
+from jailfarm.poudriere.conf import render_poudriere_conf, worker_conf
 from jailfarm.workers.errors import TemplateError
 from jailfarm.workers.layout import CURRENT, templates_dataset
 from jailfarm.workers.templatefill import (
@@ -222,7 +222,7 @@ async def _fill_freebsd(platform: HostPlatform, cfg: FarmConfig, mountpoint: str
         *parse_uname(arch),
         cfg.template.packages,
         f"{cfg.state_dir}/cache/dist",
-        render_poudriere_conf(freebsd_worker_conf(cfg)),
+        render_poudriere_conf(worker_conf(cfg)),
         [(j.name, j.version, j.arch) for j in cfg.poudriere_jails],
     )
     clean = secret_clean_cmd(mountpoint)

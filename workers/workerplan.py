@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from jailfarm.cmd import Cmd, Secret
 from jailfarm.host.base import WORKER_UID, JailSpec, Mount
+from jailfarm.poudriere.conf import WORKER_ETC, worker_data
 from jailfarm.workers import layout
 
 if TYPE_CHECKING:
@@ -106,15 +107,43 @@ def write_worker_files(root: str, tac: Secret) -> list[Cmd]:
     ]
 
 
-def jail_spec(cfg: FarmConfig, name: str, root: str) -> JailSpec:
-    """The worker jail: poudriere-capable profile with room for its build jails."""
+def packages_inside(platform: str) -> str:
+    """Where the jail host's packages dataset appears in a worker jail: poudriere's
+    `${POUDRIERE_DATA}/packages` (poudriere.md §4.3)."""
+    return f"{worker_data(platform)}/packages"
+
+
+def packages_dirs(platform: str, root: str, host_path: str) -> list[Cmd]:
+    """Before the jail starts: the mount point in the clone. On the dev host the builder runs
+    as the worker user, so it owns poudriere's directories and the packages dataset."""
+    inside = f"{root}{packages_inside(platform)}"
+    if platform != "linux-dev":  # poudriere runs as root
+        return [Cmd(("install", "-d", "-m", "0755", inside))]
+    ids = str(WORKER_UID)
+    dirs = (f"{root}{WORKER_ETC}", f"{root}{worker_data(platform)}", inside)
+    return [
+        Cmd(("chown", f"{ids}:{ids}", host_path)),
+        Cmd(("install", "-d", "-o", ids, "-g", ids, "-m", "0755", *dirs)),
+    ]
+
+
+def jail_spec(
+    cfg: FarmConfig, name: str, root: str, packages: str | None = None, platform: str = ""
+) -> JailSpec:
+    """The worker jail: poudriere-capable profile with room for its build jails; with
+    `packages`, the jail host's packages dataset mounted read-write at poudriere's place."""
     rctl: tuple[str, ...] = ()
     if cfg.workers.memory_limit:
         rctl = (f"vmemoryuse:deny={cfg.workers.memory_limit}",)
     return JailSpec(
         name=name,
         path=root,
-        mounts=tree_mounts(cfg),
+        mounts=tree_mounts(cfg)
+        + (
+            (Mount(packages, packages_inside(platform or cfg.platform), read_only=False),)
+            if packages
+            else ()
+        ),
         hostname=f"{name}.{cfg.name}",
         profile="worker",
         children_max=cfg.workers.children_max,

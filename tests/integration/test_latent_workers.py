@@ -225,6 +225,15 @@ class PoudriereBulkTests(_Helpers):
         self.assertRegex(check, r"jf-hello 1\.0_1 \d+ files deps=libjf")
         await self.nothing_left()
 
+        # A new worker jail sees the packages of the first (the jail host's packages dataset):
+        # poudriere finds them up to date and builds nothing.
+        request = await self.host.force("bulk-141amd64-default", "test", "force-bulk")
+        again = await self.first_build(request)
+        self.assertEqual(again["results"], 0)
+        props = (await self.get(f"builds/{again['buildid']}?property=*"))["builds"][0]
+        self.assertEqual(props["properties"]["poudriere_built"][0], [])
+        await self.nothing_left()
+
 
 class PoudriereBulkWithAFailingPortTests(_Helpers):
     # A second set whose make.conf makes devel/jf-flaky fail in its build phase; misc/jf-meta

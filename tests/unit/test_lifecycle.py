@@ -76,6 +76,9 @@ LEASE_GET = (
 )
 CLONE_INFO_GET = (*GET, f"{INFO},jailfarm:owner,jailfarm:build,jailfarm:expires", CLONE)
 CLONE_TYPE_GET = (*GET, "type", CLONE)
+# The jail host's packages dataset, mounted into every worker at poudriere's packages place.
+PACKAGES = f"{ROOT}/packages"
+PACKAGES_GET = (*GET, INFO, PACKAGES)
 AVAILABLE_GET = (*GET, "available", ROOT)
 TEMPLATE_GET = (*GET, "-d", "1", "type,origin,creation,jailfarm:current", TEMPLATE)
 JLS = ("jls", "--libxo", "json", "-v")
@@ -177,6 +180,20 @@ TEMPLATE_G2_CURRENT = (
 )  # fmt: skip
 
 
+PACKAGES_ROWS = "".join(
+    f"{PACKAGES}\t{k}\t{v}\n"
+    for k, v in (
+        ("type", "filesystem"),
+        ("used", "1000"),
+        ("available", str(50 * 2**30)),
+        ("referenced", "1000"),
+        ("origin", "-"),
+        ("mountpoint", "/jf/packages"),
+        ("mounted", "yes"),
+    )
+)
+
+
 def clone_rows(owner: str = "ci", extra: Sequence[tuple[str, str]] = ()) -> str:
     return rows(
         CLONE,
@@ -235,6 +252,8 @@ def clone_and_start() -> list[Step]:
         step(*TEMPLATE_GET, stdout=TEMPLATE_G2_CURRENT),
         step(*CLONE_ARGV),
         step(*CLONE_INFO_GET, stdout=clone_rows()),
+        step(*PACKAGES_GET, stdout=PACKAGES_ROWS),
+        step("install", "-d", "-m", "0755", f"{MOUNTPOINT}/usr/local/poudriere/data/packages"),
         step("install", "-d", "-o", "1001", "-g", "1001", "-m", "0700", WORKER_DIR),
         step("dd", f"of={TAC}", "status=none"),
         step("chmod", "0600", TAC),
@@ -347,6 +366,10 @@ class StartWorkerJailTests(LifecycleCase):
              "zroot/jf/templates/worker@g2", "zroot/jf/jails/jfw1"),
             ("zfs", "get", "-H", "-p", "-o", "name,property,value", lease_props,
              "zroot/jf/jails/jfw1"),
+            # The host's packages dataset (there already), and its mount point in the clone.
+            ("zfs", "get", "-H", "-p", "-o", "name,property,value",
+             "type,used,available,referenced,origin,mountpoint,mounted", "zroot/jf/packages"),
+            ("install", "-d", "-m", "0755", "/jf/jails/jfw1/usr/local/poudriere/data/packages"),
             # buildbot.tac: 0700 directory, contents from stdin, 0600, owned by buildbot.
             ("install", "-d", "-o", "1001", "-g", "1001", "-m", "0700",
              "/jf/jails/jfw1/home/buildbot/worker"),
@@ -416,6 +439,9 @@ class StartWorkerJailTests(LifecycleCase):
             f'exec.created += "/usr/bin/rctl -a jail:{NAME}:{rctl_rule}";',
             f'exec.poststop += "/usr/bin/rctl -r jail:{NAME}";',
         } <= statements(conf)
+        # The host's packages dataset, read-write where poudriere keeps packages (§4.3).
+        packages = f"{MOUNTPOINT}/usr/local/poudriere/data/packages"
+        assert f'mount += "/jf/packages {packages} nullfs rw 0 0";' in statements(conf)
         # No delegated dataset, so no ZFS privilege (jails spec b.50).
         assert "allow.mount.zfs;" not in statements(conf)
 

@@ -191,6 +191,9 @@ class BuilderAndSchedulerTests:
         assert names == ["ports-tree", "etc-poudriere-conf", "poudriere-setup", "poudriere-bulk"]
         bulk = builder.factory.steps[-1]
         assert bulk.kwargs["jail"] == "141amd64" and bulk.kwargs["all_ports"] is True
+        # One bulk per MASTERNAME at a time: its packages are shared by the worker jails.
+        (lock,) = builder.locks
+        assert (lock.lockid.name, lock.mode) == ("bulk-141amd64-default", "exclusive")
         assert bulk.kwargs["poudriere"] == "poudriere"  # from the worker's PATH
         force = config()["schedulers"][1]
         assert (force.name, force.builderNames) == ("force-bulk", ["bulk-141amd64-default"])

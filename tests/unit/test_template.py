@@ -18,7 +18,7 @@ from jailfarm.config import parse_farm
 from jailfarm.errors import CommandFailed, ParseError, UnsafeOperation
 from jailfarm.host.platform import make_platform
 from jailfarm.host.zfs import LIST_PROPERTIES, parse_get
-from jailfarm.poudriere.conf import freebsd_worker_conf, render_poudriere_conf
+from jailfarm.poudriere.conf import render_poudriere_conf, worker_conf
 from jailfarm.runner import FakeRunner
 from jailfarm.workers.errors import TemplateError
 from jailfarm.workers.template import (
@@ -462,7 +462,7 @@ class OperationTests(SynchronousTestCase):
             "amd64",
             cfg.template.packages,
             "/var/db/jailfarm/cache/dist",
-            render_poudriere_conf(freebsd_worker_conf(cfg)),
+            render_poudriere_conf(worker_conf(cfg)),
             [(j.name, j.version, j.arch) for j in cfg.poudriere_jails],
         ):
             failing = fail_at is not None and cmd.argv[:2] == tuple(fail_at.split())
