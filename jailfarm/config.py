@@ -12,6 +12,7 @@ import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, cast
+from urllib.parse import urlsplit
 
 from jailfarm import configschema as cs
 from jailfarm import names
@@ -28,6 +29,7 @@ __all__ = [
     "DatabaseConfig",
     "FarmConfig",
     "JailHost",
+    "NginxConfig",
     "PortSet",
     "PortsTree",
     "PoudriereJail",
@@ -154,8 +156,13 @@ class PortSet:
 
 @dataclass(frozen=True)
 class PublishConfig:
+    """Where repository generations are written (`root`) and where the bulk logs nginx serves
+    at /data live (`logs`, laid out like poudriere's logs/bulk); `parse_farm` always sets
+    `logs` (`<state_dir>/logs/bulk` by default)."""
+
     root: str
     keep: int = 5
+    logs: str = ""
 
 
 @dataclass(frozen=True)
@@ -181,6 +188,27 @@ class WebConfig:
     url: str = "http://localhost:8010/"
     auth: str = "none"
     users: tuple[WebUser, ...] = ()
+
+
+@dataclass(frozen=True)
+class NginxConfig:
+    """nginx in front of the farm: the repositories at /packages/, the bulk logs at /data/,
+    poudriere's status pages at / and the Buildbot UI at /buildbot/. TLS on `port` when
+    `tls_cert` and `tls_key` are set; HTTP basic authentication from the `htpasswd` file on
+    everything but /packages/, and on that too with `protect_packages`. The defaults are
+    linux-dev's (freebsd: bind 0.0.0.0, port 80)."""
+
+    bind: str = "127.0.0.1"
+    port: int = 8080
+    server_name: str = "localhost"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    htpasswd: str | None = None
+    protect_packages: bool = False
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
 
 
 @dataclass(frozen=True)
@@ -216,6 +244,7 @@ class FarmConfig:
     database: DatabaseConfig
     # What a bulk whose ports failed is: "failure" (the build fails) or "warnings".
     on_port_failure: str = "failure"
+    nginx: NginxConfig = field(default_factory=NginxConfig)
 
 
 def load_farm(path: str | os.PathLike[str]) -> FarmConfig:
@@ -254,8 +283,11 @@ def parse_farm(data: Mapping[str, object], source: str = "farm.toml") -> FarmCon
     sets = _sets(top)
     publish = _publish(top.table("publish"), state_dir)
     signing = _signing(top.table("signing"), platform, state_dir, publish.root)
+    _logs_hold_no_key(report, publish, signing)
     web = _web(top.table("web"), workers.pb_port)
     _remote_workers_reach_master(report, hosts, workers, web)
+    nginx = _nginx(top.table("nginx"), platform)
+    _nginx_checks(report, platform, state_dir, publish, workers, web, nginx)
     db = top.table("database")
     database = DatabaseConfig(Secret(db.get("url", cs.database_url, DEFAULT_DATABASE)))
     db.done()
@@ -279,6 +311,7 @@ def parse_farm(data: Mapping[str, object], source: str = "farm.toml") -> FarmCon
         web=web,
         database=database,
         on_port_failure=on_port_failure,
+        nginx=nginx,
     )
 
 
@@ -467,14 +500,16 @@ def _sets(top: cs.Table) -> tuple[PortSet, ...]:
 def _publish(t: cs.Table, state_dir: str) -> PublishConfig:
     root = t.get("root", cs.abs_path, f"{state_dir}/repo")
     keep = t.get("keep", cs.integer(1), 5)
+    logs = t.get("logs", cs.nginx_path, f"{state_dir}/logs/bulk")
     t.done()
-    if t.report.ok("publish.root", "farm.state_dir") and cs.is_under(state_dir, root):
-        why = "nginx would serve the master's database"
-        t.report.add(
-            "publish.root",
-            f"{cs.show(root)} contains farm.state_dir ({why}); expected a directory outside it",
-        )
-    return PublishConfig(root, keep)
+    for key, path in (("publish.root", root), ("publish.logs", logs)):
+        if t.report.ok(key, "farm.state_dir") and cs.is_under(state_dir, path):
+            why = "nginx would serve the master's database"
+            t.report.add(
+                key,
+                f"{cs.show(path)} contains farm.state_dir ({why}); expected a directory outside it",
+            )
+    return PublishConfig(root, keep, logs)
 
 
 def _signing(t: cs.Table, platform: str, state_dir: str, publish_root: str) -> SigningConfig:
@@ -504,6 +539,16 @@ def _signing(t: cs.Table, platform: str, state_dir: str, publish_root: str) -> S
             f"{cs.show(key_file)} is inside publish.root ({why}); expected a path outside it",
         )
     return SigningConfig(key_file, command)
+
+
+def _logs_hold_no_key(report: cs.Report, publish: PublishConfig, signing: SigningConfig) -> None:
+    key = signing.key_file
+    if key and report.ok("signing.key_file", "publish.logs") and cs.is_under(key, publish.logs):
+        why = "nginx would serve the private key at /data"
+        report.add(
+            "signing.key_file",
+            f"{cs.show(key)} is inside publish.logs ({why}); expected a path outside it",
+        )
 
 
 def _web_user(t: cs.Table) -> WebUser:
@@ -560,3 +605,110 @@ def _remote_workers_reach_master(
 
 def _loopback(bind: str) -> bool:
     return ipaddress.ip_address(bind).is_loopback
+
+
+def _nginx(t: cs.Table, platform: str) -> NginxConfig:
+    freebsd = platform == "freebsd"
+    bind = t.get("bind", cs.ip_address, "0.0.0.0" if freebsd else "127.0.0.1")
+    port = t.get("port", cs.PORT, 80 if freebsd else 8080)
+    server_name = t.get("server_name", cs.name_of(names.HOSTNAME), "localhost")
+    tls_cert = t.get("tls_cert", cs.nginx_path, None)
+    tls_key = t.get("tls_key", cs.nginx_path, None)
+    htpasswd = t.get("htpasswd", cs.nginx_path, None)
+    protect_packages = t.get("protect_packages", cs.boolean, False)
+    t.done()
+    r = t.report
+    if t.has("tls_cert") != t.has("tls_key"):
+        given, missing = ("tls_cert", "tls_key") if t.has("tls_cert") else ("tls_key", "tls_cert")
+        r.add(f"nginx.{missing}", f"missing; nginx.{given} is set: expected both or neither")
+    if protect_packages and not t.has("htpasswd") and r.ok("nginx.protect_packages"):
+        r.add(
+            "nginx.protect_packages",
+            "true without nginx.htpasswd; expected an htpasswd file to check logins against",
+        )
+    return NginxConfig(bind, port, server_name, tls_cert, tls_key, htpasswd, protect_packages)
+
+
+def _nginx_checks(
+    report: cs.Report,
+    platform: str,
+    state_dir: str,
+    publish: PublishConfig,
+    workers: WorkersConfig,
+    web: WebConfig,
+    nginx: NginxConfig,
+) -> None:
+    """What nginx serves and writes must fit its configuration syntax, its secrets must stay
+    out of what it serves, its port must be its own, and a web.url through it must name the
+    location it proxies Buildbot at."""
+    paths = [("publish.root", publish.root)]
+    if platform == "linux-dev":  # the dev host keeps nginx's own files in <state_dir>/nginx
+        paths.insert(0, ("farm.state_dir", state_dir))
+    for key, path in paths:
+        try:
+            cs.nginx_path(path)
+        except ValueError as exc:
+            # A publish.root below a refused state_dir (its default) is that same problem.
+            if report.ok(key) and (report.ok("farm.state_dir") or not cs.is_under(path, state_dir)):
+                report.add(key, str(exc))
+    served = (("publish.root", publish.root), ("publish.logs", publish.logs))
+    for key, secret in (("nginx.htpasswd", nginx.htpasswd), ("nginx.tls_key", nginx.tls_key)):
+        for where, root in served:
+            if secret and report.ok(key, where) and cs.is_under(secret, root):
+                report.add(
+                    key,
+                    f"{cs.show(secret)} is inside {where} (nginx would serve it); "
+                    "expected a path outside it",
+                )
+    _nginx_port_is_its_own(report, workers, web, nginx)
+    _web_url_through_nginx(report, web, nginx)
+
+
+def _nginx_port_is_its_own(
+    report: cs.Report, workers: WorkersConfig, web: WebConfig, nginx: NginxConfig
+) -> None:
+    for other, port, bind in (
+        ("web.port", web.port, web.bind),
+        ("workers.pb_port", workers.pb_port, workers.master_address or web.bind),
+    ):
+        if (
+            report.ok("nginx.port", "nginx.bind", other, "web.bind", "workers.master_address")
+            and port == nginx.port
+            and _may_share(bind, nginx.bind)
+        ):
+            report.add("nginx.port", f"{port} is also {other}; expected a different port")
+
+
+def _may_share(a: str, b: str) -> bool:
+    """Whether listeners on addresses `a` and `b` could collide on one port."""
+    unspecified = ipaddress.ip_address(a).is_unspecified or ipaddress.ip_address(b).is_unspecified
+    return a == b or unspecified
+
+
+def _web_url_through_nginx(report: cs.Report, web: WebConfig, nginx: NginxConfig) -> None:
+    """A web.url that names nginx's host and port must be nginx's /buildbot/ location, with
+    the scheme nginx speaks there."""
+    if not report.ok("web.url", "nginx"):
+        return
+    parts = urlsplit(web.url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if port != nginx.port or not _reaches_nginx(parts.hostname or "", nginx):
+        return
+    scheme = "https" if nginx.tls else "http"
+    expected = f"{scheme}://{parts.netloc}/buildbot/"
+    if parts.path != "/buildbot/" or parts.scheme != scheme:
+        why = f"nginx serves the Buildbot UI there at /buildbot/ over {scheme}"
+        report.add("web.url", f"{cs.show(web.url)} points at nginx ({why}); expected {expected!r}")
+
+
+def _reaches_nginx(host: str, nginx: NginxConfig) -> bool:
+    """Whether a URL naming `host` (on nginx's port) arrives at nginx: an address it listens
+    on, `localhost` if it listens on loopback, or its server_name (DNS is assumed right)."""
+    if host == "localhost":
+        addresses = {"127.0.0.1", "::1"}
+    else:
+        try:
+            addresses = {str(ipaddress.ip_address(host))}
+        except ValueError:
+            return host == nginx.server_name
+    return ipaddress.ip_address(nginx.bind).is_unspecified or nginx.bind in addresses

@@ -176,6 +176,24 @@ def abs_path(value: object) -> str:
     return norm
 
 
+# What a path written into nginx.conf may hold: nginx reads whitespace, ';', '{', '}', quotes,
+# '#' and backslashes as syntax, and '$' as the start of a variable.
+_NGINX_PATH = re.compile(r"[A-Za-z0-9._/+@:,=~-]+")
+NGINX_PATH_TEXT = "an absolute path of letters, digits and '._/+@:,=~-'"
+
+
+def nginx_path(value: object) -> str:
+    """An `abs_path` that can be written into nginx.conf as it is."""
+    path = abs_path(value)
+    if not _NGINX_PATH.fullmatch(path):
+        bad = "".join(sorted({c for c in path if not _NGINX_PATH.fullmatch(c)}))
+        raise ValueError(
+            f"{show(value)} contains {bad!r}, which nginx's configuration cannot carry; "
+            f"expected {NGINX_PATH_TEXT}"
+        )
+    return path
+
+
 def is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 

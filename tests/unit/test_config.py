@@ -782,3 +782,160 @@ def test_poudriere_result_policy() -> None:
     with pytest.raises(ConfigError) as info:
         parse_farm(data)
     assert info.value.problems[0].startswith("poudriere.on_port_failure: 'ignore'")
+
+
+class NginxTests:
+    def test_linux_dev_defaults(self) -> None:
+        config = parse_farm(MINIMAL)
+        n = config.nginx
+        assert (n.bind, n.port, n.server_name) == ("127.0.0.1", 8080, "localhost")
+        assert (n.tls_cert, n.tls_key, n.htpasswd, n.protect_packages) == (
+            None,
+            None,
+            None,
+            False,
+        )
+        assert not n.tls
+        assert config.publish.logs == "/var/lib/jailfarm/logs/bulk"
+
+    def test_freebsd_defaults(self) -> None:
+        config = parse_farm(FREEBSD)
+        assert (config.nginx.bind, config.nginx.port) == ("0.0.0.0", 80)
+        assert config.publish.logs == "/var/db/jailfarm/logs/bulk"
+
+    def test_example_farm_serves_buildbot_where_web_url_says(self) -> None:
+        config = load_farm(ROOT / "examples" / "farm.toml")
+        assert config.nginx.port == 8080
+        assert config.web.url == "http://localhost:8080/buildbot/"
+
+    def test_every_key_is_read(self) -> None:
+        nginx = {
+            "bind": "10.0.0.5",
+            "port": 8443,
+            "server_name": "ci.example.org",
+            "tls_cert": "/etc/jf/tls.crt",
+            "tls_key": "/etc/jf/tls.key",
+            "htpasswd": "/etc/jf/htpasswd",
+            "protect_packages": True,
+        }
+        n = parse_farm(farm(nginx=nginx)).nginx
+        assert (n.bind, n.port, n.server_name, n.tls) == ("10.0.0.5", 8443, "ci.example.org", True)
+        assert (n.tls_cert, n.tls_key) == ("/etc/jf/tls.crt", "/etc/jf/tls.key")
+        assert (n.htpasswd, n.protect_packages) == ("/etc/jf/htpasswd", True)
+
+    def test_tls_files_need_not_exist_when_the_config_is_checked(self) -> None:
+        nginx = {"tls_cert": "/nonexistent/tls.crt", "tls_key": "/nonexistent/tls.key"}
+        assert parse_farm(farm(nginx=nginx)).nginx.tls
+
+    @pytest.mark.parametrize(
+        ("given", "missing"), [("tls_cert", "tls_key"), ("tls_key", "tls_cert")]
+    )
+    def test_tls_needs_certificate_and_key(self, given: str, missing: str) -> None:
+        message = problem(farm(nginx={given: "/etc/jf/x"}))
+        assert (
+            message == f"nginx.{missing}: missing; nginx.{given} is set: expected both or neither"
+        )
+
+    def test_protect_packages_needs_htpasswd(self) -> None:
+        message = problem(farm(nginx__protect_packages=True))
+        assert message.startswith("nginx.protect_packages: true without nginx.htpasswd")
+
+    @pytest.mark.parametrize("key", ["tls_cert", "htpasswd"])
+    @pytest.mark.parametrize("path", ["/etc/jf/a;b", "/etc/jf/{x}", "/etc/$jf", "/etc/'jf'"])
+    def test_paths_nginx_would_misread_are_refused(self, key: str, path: str) -> None:
+        data = farm(nginx={key: path, "tls_key": "/etc/jf/k"} if key == "tls_cert" else {key: path})
+        message = problem(data)
+        assert message.startswith(f"nginx.{key}: {path!r} contains ")
+        assert "which nginx's configuration cannot carry" in message
+
+    def test_bind_and_server_name_are_checked(self) -> None:
+        found = problems(farm(nginx={"bind": "localhost", "server_name": "ci example"}))
+        assert [p.split(":")[0] for p in found] == ["nginx.bind", "nginx.server_name"]
+
+    def test_unknown_key_gets_a_suggestion(self) -> None:
+        assert "did you mean 'htpasswd'?" in problem(farm(nginx__htpassword="/etc/jf/h"))
+
+    @pytest.mark.parametrize("key", ["htpasswd", "tls_key"])
+    @pytest.mark.parametrize("where", ["/var/lib/jailfarm/repo", "/var/lib/jailfarm/logs/bulk"])
+    def test_secrets_may_not_be_served(self, key: str, where: str) -> None:
+        nginx = {key: f"{where}/secret"}
+        if key == "tls_key":
+            nginx["tls_cert"] = "/etc/jf/tls.crt"
+        message = problem(farm(nginx=nginx))
+        assert message.startswith(f"nginx.{key}: '{where}/secret' is inside publish.")
+        assert "(nginx would serve it)" in message
+
+    def test_port_may_not_be_the_web_ui_port(self) -> None:
+        message = problem(farm(nginx__port=8010))
+        assert message == "nginx.port: 8010 is also web.port; expected a different port"
+
+    def test_port_may_not_be_the_worker_port(self) -> None:
+        message = problem(farm(nginx__port=9989))
+        assert message == "nginx.port: 9989 is also workers.pb_port; expected a different port"
+
+    def test_same_port_on_other_addresses_is_allowed(self) -> None:
+        data = farm(nginx={"bind": "127.0.0.2", "port": 8010})
+        assert parse_farm(data).nginx.port == 8010
+        assert problem(farm(nginx={"bind": "0.0.0.0", "port": 8010})).startswith("nginx.port:")
+
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "http://localhost:8080/",
+            "http://127.0.0.1:8080/ui/",
+            "http://localhost:8080/buildbot/sub/",
+        ],
+    )
+    def test_web_url_through_nginx_must_be_its_buildbot_location(self, url: str) -> None:
+        message = problem(farm(web__url=url))
+        assert message.startswith(f"web.url: {url!r} points at nginx")
+        assert message.endswith("/buildbot/'")
+
+    def test_web_url_through_nginx_uses_its_scheme(self) -> None:
+        tls = {"tls_cert": "/etc/jf/c", "tls_key": "/etc/jf/k", "port": 443}
+        assert problem(farm(nginx=tls, web__url="http://localhost:443/buildbot/")).endswith(
+            "expected 'https://localhost:443/buildbot/'"
+        )
+        assert parse_farm(farm(nginx=tls, web__url="https://localhost/buildbot/")).nginx.tls
+        with_server = {**tls, "server_name": "ci.example.org"}
+        assert problem(farm(nginx=with_server, web__url="https://ci.example.org/")).endswith(
+            "expected 'https://ci.example.org/buildbot/'"
+        )
+
+    def test_web_url_elsewhere_is_not_judged(self) -> None:
+        for url in ("http://localhost:8010/", "https://ci.example.org/", "http://other:8080/"):
+            assert parse_farm(farm(web__url=url)).web.url == url
+
+    def test_nginx_problems_come_with_the_others(self) -> None:
+        data = farm(
+            zfs__reserve="12Q",
+            nginx={"port": 0, "tls_cert": "/c"},
+            publish__logs="logs",
+        )
+        keys = sorted(p.split(":")[0] for p in problems(data))
+        assert keys == ["nginx.port", "nginx.tls_key", "publish.logs", "zfs.reserve"]
+
+
+class PublishLogsTests:
+    def test_logs_root_is_read(self) -> None:
+        assert parse_farm(farm(publish__logs="/srv/logs/bulk")).publish.logs == "/srv/logs/bulk"
+
+    def test_logs_root_may_not_contain_the_state_dir(self) -> None:
+        message = problem(farm(publish__logs="/var/lib"))
+        assert message.startswith("publish.logs: '/var/lib' contains farm.state_dir")
+
+    def test_logs_root_must_be_a_path_nginx_can_carry(self) -> None:
+        assert "not an absolute path" in problem(farm(publish__logs="logs/bulk"))
+        assert "cannot carry" in problem(farm(publish__logs="/srv/logs;bulk"))
+
+    def test_signing_key_may_not_be_in_the_logs(self) -> None:
+        data = farm(publish__logs="/srv/logs", signing__key_file="/srv/logs/repo.key")
+        assert "nginx would serve the private key at /data" in problem(data)
+
+    def test_publish_root_must_be_a_path_nginx_can_carry(self) -> None:
+        message = problem(farm(publish__root="/srv/repo$x"))
+        assert message.startswith("publish.root: '/srv/repo$x' contains '$'")
+
+    def test_linux_dev_state_dir_must_be_a_path_nginx_can_carry(self) -> None:
+        message = problem(farm(farm__state_dir="/srv/j{f}"))
+        assert message.startswith("farm.state_dir: '/srv/j{f}' contains '{}'")
