@@ -22,7 +22,16 @@ from twisted.internet import defer
 
 from jailfarm.cmd import Cmd, Result
 from jailfarm.errors import CommandFailed, UnsafeOperation
-from jailfarm.poudriere.pkgfile import BadPackage, PackageMeta, read_package, write_package
+from jailfarm.poudriere.catalogue import read_record
+from jailfarm.poudriere.pkgfile import (
+    BadPackage,
+    PackageMeta,
+    file_sum,
+    read_package,
+    sum_matches,
+    to_json,
+    write_package,
+)
 from jailfarm.poudriere.pkgrepo import (
     META_CONF,
     RepositoryError,
@@ -369,3 +378,172 @@ class FingerprintRepositoryTests:
         pub = self.write(repo, key)
         with pytest.raises(RepositoryError, match="certificates has been revoked"):
             verify_repository(repo, fingerprints_dir=self.keys_dir(tmp_path, pub, pub))
+
+
+def cached_line(cache: Path, name: str) -> str:
+    return next(line for line in cache.read_text().split("\n") if f"\t{name}\t" in line)
+
+
+def rewrite_cache(cache: Path, old: str, new: str) -> None:
+    """Edit cached entries and re-seal the file, as if the cache had recorded `new`."""
+    header, _, body = cache.read_text().partition("\n")
+    body = body.replace(old, new)
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    cache.write_text(f"{header.rsplit(' ', 1)[0]} {digest}\n{body}")
+
+
+class CatalogueCacheTests:
+    """The cache is keyed by content: reused for identical bytes (no unpack), never for
+    other bytes, whatever their size and mtime. A marker planted in the cached entry shows
+    which way each entry came."""
+
+    def write(self, repo: Path, cache: Path) -> list[dict[str, Any]]:
+        resolve(write_repository(repo, cache=cache))
+        data = unpack_catalogue((repo / "data.pkg").read_bytes())["data"]
+        packages: list[dict[str, Any]] = json.loads(data)["packages"]
+        return packages
+
+    def test_identical_bytes_reuse_the_cached_entry(self, repo: Path, tmp_path: Path) -> None:
+        cache = tmp_path / "cache.tsv"
+        first = self.write(repo, cache)
+        assert cached_line(cache, "hello").count("\t") == 6
+        rewrite_cache(cache, "Tiny test package", "Cached test package")
+        again = self.write(repo, cache)
+        assert {e["comment"] for e in again} == {"Cached test package"}
+        assert [e["sum"] for e in again] == [e["sum"] for e in first]
+
+    def test_other_bytes_of_the_same_size_and_mtime_get_a_fresh_entry(
+        self, repo: Path, tmp_path: Path
+    ) -> None:
+        cache = tmp_path / "cache.tsv"
+        self.write(repo, cache)
+        rewrite_cache(cache, "Tiny test package", "Cached test package")
+        hello = repo / "All/hello-1.0.pkg"
+        old = hello.read_bytes()
+        stat = hello.stat()
+        for last in b"?.,;:-+#=_":  # other payload bytes until the package has the same size
+            make_pkg(repo, HELLO, b"Hello from jailfarm" + bytes([last]) + b"\n")
+            if hello.stat().st_size == len(old):
+                break
+        os.utime(hello, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert hello.stat().st_size == len(old) and hello.read_bytes() != old
+        entries = {e["name"]: e for e in self.write(repo, cache)}
+        assert entries["hello"]["comment"] == "Tiny test package"
+        assert sum_matches(entries["hello"]["sum"], hello.read_bytes())
+        assert entries["world"]["comment"] == "Cached test package"
+
+    def test_a_damaged_cache_is_ignored(self, repo: Path, tmp_path: Path) -> None:
+        cache = tmp_path / "cache.tsv"
+        self.write(repo, cache)
+        cache.write_text(cache.read_text().replace("Tiny test package", "Damaged"))
+        assert {e["comment"] for e in self.write(repo, cache)} == {"Tiny test package"}
+
+    def test_a_record_renders_exactly_the_catalogue_entry(self, repo: Path) -> None:
+        path = repo / "All/hello-1.0.pkg"
+        record, blob, cached = read_record(path, {})
+        full, _ = read_package(path)
+        assert not cached and blob == path.read_bytes()
+        expected = to_json(catalogue_entry(full, "All/x y~2$ü.pkg", blob)).decode()
+        assert record.line("All/x y~2$ü.pkg") == expected
+        assert record.hashed_name == f"hello-1.0~{file_sum(blob)[:10]}.pkg"
+
+
+class HashedRepositoryTests:
+    def test_hash_and_symlink_move_packages_like_pkg_repo(self, repo: Path, key: bytes) -> None:
+        signer = KeyFileSigner(key_file(repo.parent, key))
+        info = resolve(write_repository(repo, signer=signer, hashed=True, symlink=True))
+        assert [p.split("~")[0] for p in info.paths] == [
+            "All/Hashed/hello-1.0",
+            "All/Hashed/world-1.0",
+        ]
+        link = repo / "All/hello-1.0.pkg"
+        assert os.readlink(link) == info.paths[0].removeprefix("All/")
+        verify_repository(repo, pubkey_pem=public_key_pem(key))
+        again = resolve(write_repository(repo, signer=signer, hashed=True, symlink=True))
+        assert again.paths == info.paths  # the links are not packages of their own
+
+    def test_find_packages_skips_links_into_the_repository(self, repo: Path) -> None:
+        os.symlink("hello-1.0.pkg", repo / "All/alias-1.0.pkg")
+        os.symlink("missing.pkg", repo / "All/dead-1.0.pkg")
+        outside = make_pkg(repo.parent / "elsewhere", WORLD, b"far")
+        os.symlink(outside, repo / "All/far-1.0.pkg")
+        names = [p.name for p in find_packages(repo)]
+        assert names == ["far-1.0.pkg", "hello-1.0.pkg", "world-1.0.pkg"]
+
+
+PKG = PackageMeta(**{**HELLO.__dict__, "name": "pkg", "origin": "ports-mgmt/pkg"})
+
+
+class BootstrapTests:
+    @pytest.fixture
+    def with_pkg(self, repo: Path) -> Path:
+        make_pkg(repo, PackageMeta(**{**PKG.__dict__, "version": "1.20.9"}), b"old pkg")
+        make_pkg(repo, PackageMeta(**{**PKG.__dict__, "version": "1.21.3"}), b"pkg")
+        return repo
+
+    def test_newest_pkg_is_linked_and_signed(self, with_pkg: Path, key: bytes) -> None:
+        write_pubkey_repo(with_pkg, key)
+        latest = with_pkg / "Latest/pkg.pkg"
+        assert os.readlink(latest) == "../All/pkg-1.21.3.pkg"
+        sig = (with_pkg / "Latest/pkg.pkg.pubkeysig").read_bytes()
+        assert len(sig) == 256  # raw, as openssl dgst -sign writes it: no NUL
+        assert verify_rsa(latest.read_bytes(), sig, public_key_pem(key), strip_nul=False)
+        verify_repository(with_pkg, pubkey_pem=public_key_pem(key))
+
+    def test_signing_command_writes_the_sig_and_drops_a_stale_pubkeysig(
+        self, with_pkg: Path, key: bytes, tmp_path: Path
+    ) -> None:
+        write_pubkey_repo(with_pkg, key)
+        runner = FakeSigningCommand(key)
+        resolve(write_repository(with_pkg, signer=CommandSigner(runner, ["sign"])))
+        assert len(runner.calls) == 3
+        assert not (with_pkg / "Latest/pkg.pkg.pubkeysig").exists()
+        raw = (with_pkg / "Latest/pkg.pkg.sig").read_bytes()
+        assert raw.startswith(b"SIGNATURE\n") and raw.endswith(b"\nEND\n")
+        keys = FingerprintRepositoryTests().keys_dir(tmp_path, public_key_pem(key), None)
+        verify_repository(with_pkg, fingerprints_dir=keys)
+
+    @pytest.mark.parametrize("damage", ["signature", "package", "missing"])
+    def test_a_bad_bootstrap_signature_is_named(
+        self, with_pkg: Path, key: bytes, damage: str
+    ) -> None:
+        write_pubkey_repo(with_pkg, key)
+        sig = with_pkg / "Latest/pkg.pkg.pubkeysig"
+        if damage == "signature":
+            sig.write_bytes(bytes(256))
+        elif damage == "missing":
+            sig.unlink()
+        else:
+            os.unlink(with_pkg / "Latest/pkg.pkg")
+            os.symlink("../All/pkg-1.20.9.pkg", with_pkg / "Latest/pkg.pkg")
+        why = "not signed" if damage == "missing" else "signature verification failure"
+        with pytest.raises(RepositoryError, match=rf"^Latest/pkg\.pkg: {why}"):
+            verify_repository(with_pkg, pubkey_pem=public_key_pem(key))
+
+
+class VerificationTests:
+    """What the client rejects, each named in the first line of the message."""
+
+    def test_missing_meta_conf_and_missing_package(self, repo: Path, key: bytes) -> None:
+        write_pubkey_repo(repo, key)
+        (repo / "meta.conf").unlink()
+        (repo / "All/world-1.0.pkg").unlink()
+        assert check_repository(repo, pubkey_pem=public_key_pem(key)) == [
+            "meta.conf: missing",
+            "All/world-1.0.pkg: missing",
+        ]
+
+    def test_packagesite_is_checked_too(self, repo: Path, key: bytes, other_key: bytes) -> None:
+        write_pubkey_repo(repo, key)
+        got = unpack_catalogue((repo / "packagesite.pkg").read_bytes())
+        forged = rsa_signature(got["packagesite.yaml"], other_key)
+        blob = pack_catalogue("packagesite.yaml", got["packagesite.yaml"], forged)
+        (repo / "packagesite.pkg").write_bytes(blob)
+        with pytest.raises(RepositoryError, match=r"^packagesite\.pkg: signature verification"):
+            verify_repository(repo, pubkey_pem=public_key_pem(key))
+
+    def test_a_corrupt_catalogue_archive_is_unreadable(self, repo: Path, key: bytes) -> None:
+        write_pubkey_repo(repo, key)
+        (repo / "data.pkg").write_bytes((repo / "data.pkg").read_bytes()[:-5])
+        with pytest.raises(RepositoryError, match=r"^data\.pkg: unreadable catalogue: trunc"):
+            verify_repository(repo, pubkey_pem=public_key_pem(key))
