@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task
 
+from jailfarm import repocli
 from jailfarm.config import FarmConfig, load_farm
 from jailfarm.errors import ConfigError, FarmError
+from jailfarm.provision import consumer
 from jailfarm.runner import LocalRunner
 
 if TYPE_CHECKING:
@@ -28,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     check = cfg_sub.add_parser("check", help="validate a farm.toml, listing every error")
     check.add_argument("file")
+    repocli.register(sub)
+    consumer.register(sub)
     commands = {
         "doctor": "check this host's requirements",
         "smoke": "one worker-jail cycle: clone, jail, exec, teardown",
@@ -127,6 +131,7 @@ ASYNC: dict[str, Callable[[FarmConfig, argparse.Namespace], Coroutine[Any, Any, 
     "status": _status,
     "template": _template,
     "reap": _reap,
+    **dict.fromkeys(consumer.COMMANDS, consumer.run),
 }
 
 
@@ -135,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         if args.command == "config":
             sys.exit(_config_check(args))
+        if args.command == "repo":
+            sys.exit(repocli.run(args))
         cfg = load_farm(args.config)
     except ConfigError as e:
         print(f"jailfarm: {e}", file=sys.stderr)
