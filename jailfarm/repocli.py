@@ -8,6 +8,7 @@ config.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             return _verify(args)
         cfg = load_farm(args.config)
         if action == "publish":
+            os.umask(0o022)  # a repository is public: pkg clients fetch it through nginx
             return _react(lambda: _publish(cfg, args), action)
         return HANDLERS[action](cfg, args)
     except (ConfigError, UsageError) as e:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
 from buildbot.plugins import schedulers, steps, util
 
 from jailfarm.config import FarmConfig, PortSet, PortsTree, PoudriereJail, load_farm
-from jailfarm.master.steps import PoudriereBulk
-from jailfarm.poudriere.commands import PRIVILEGE
+from jailfarm.master.steps import PoudriereBulk, PublishRepository, bulk_passed
+from jailfarm.poudriere.commands import PRIVILEGE, Target
 from jailfarm.poudriere.conf import (
     WORKER_ETC,
     PoudriereConf,
@@ -61,7 +62,7 @@ def bulk_builder_name(jail: PoudriereJail, tree: PortsTree, pset: PortSet) -> st
 
 
 def bulk_factory(
-    cfg: FarmConfig, jail: PoudriereJail, tree: PortsTree, pset: PortSet
+    cfg: FarmConfig, jail: PoudriereJail, tree: PortsTree, pset: PortSet, farm_toml: str
 ) -> util.BuildFactory:
     """Check the ports tree out at the pushed commit; on the dev host, write poudriere's
     configuration (poudriere.conf, each set's make.conf and list) and register the jail and the
@@ -136,9 +137,70 @@ def bulk_factory(
             all_ports=not pset.packages,
             on_port_failure=cfg.on_port_failure,
             buildname_prefix=cfg.prefix,
+            log_url=logs_url(cfg),
         )
     )
+    add_publish_steps(factory, cfg, Target(jail.name, tree.name, pset.name), farm_toml)
     return factory
+
+
+def logs_url(cfg: FarmConfig) -> str | None:
+    """Where nginx serves the bulk logs (`/data`, next to `/buildbot/`), or None when the web
+    UI is not behind the farm's nginx (`web.url` not ending in /buildbot/)."""
+    url = urlsplit(cfg.web.url)
+    if not url.path.endswith("/buildbot/"):
+        return None
+    return f"{url.scheme}://{url.netloc}{url.path.removesuffix('/buildbot/')}/data"
+
+
+def add_publish_steps(
+    factory: util.BuildFactory, cfg: FarmConfig, target: Target, farm_toml: str
+) -> None:
+    """After the bulk: its logs to the master (served by nginx at /data, also after a failed
+    bulk: the failed ports' logs are what ops open), then the packages, published there as a
+    new signed generation (the key never enters a worker), then the upload removed."""
+    m = target.mastername
+    build = "%(prop:poudriere_buildname)s"
+    data = worker_data(cfg.platform)
+    # Not the build directory whole: its `packages` and `packages_root` links point at absolute
+    # paths of the worker (poudriere.md §4.2), which the master rightly refuses to unpack.
+    here = f"{data}/logs/bulk/{m}/{build}"
+    factory.addStep(
+        steps.MultipleFileUpload(
+            name="upload-logs",
+            workersrcs=[
+                util.Interpolate(f"{here}/{name}")
+                for name in ("logs", ".data.json", ".data.mini.json", ".poudriere.*")
+            ],
+            masterdest=util.Interpolate(f"{cfg.publish.logs}/{m}/{build}"),
+            glob=True,
+            mode=0o644,  # nginx's workers read them
+            alwaysRun=True,
+            doStepIf=lambda step: bool(step.getProperty("poudriere_buildname")),
+        )
+    )
+    incoming = f"{cfg.state_dir}/incoming/%(prop:buildername)s-%(prop:buildnumber)s"
+    factory.addStep(
+        steps.DirectoryUpload(
+            name="upload-packages",
+            # .latest is a symlink (poudriere.md §4.3): upload the directory it holds.
+            workersrc=f"{data}/packages/{m}/.latest/All",
+            masterdest=util.Interpolate(f"{incoming}/All"),
+            doStepIf=bulk_passed,
+            haltOnFailure=True,
+        )
+    )
+    factory.addStep(
+        PublishRepository(farm_toml=farm_toml, repo=m, source=util.Interpolate(incoming))
+    )
+    factory.addStep(
+        steps.MasterShellCommand(
+            ["rm", "-rf", util.Interpolate(incoming)],
+            name="remove-upload",
+            alwaysRun=True,
+            logEnviron=False,
+        )
+    )
 
 
 def master_config(farm_toml: str) -> dict[str, Any]:
@@ -168,7 +230,7 @@ def build_config(cfg: FarmConfig, farm_toml: str) -> dict[str, Any]:
         util.BuilderConfig(
             name=bulk_builder_name(j, t, s),
             workernames=names,
-            factory=bulk_factory(cfg, j, t, s),
+            factory=bulk_factory(cfg, j, t, s, farm_toml),
             collapseRequests=False,
             locks=[util.MasterLock(bulk_builder_name(j, t, s)).access("exclusive")],
         )

@@ -9,7 +9,9 @@ The helpers above the steps are pure.
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import quote
@@ -17,6 +19,8 @@ from urllib.parse import quote
 from buildbot import config
 from buildbot.process import buildstep, logobserver
 from buildbot.process import results as _results
+from buildbot.process.properties import Interpolate
+from buildbot.steps.master import MasterShellCommand
 from twisted.logger import Logger
 
 from jailfarm.cmd import Cmd
@@ -478,3 +482,43 @@ def _strings(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     return tuple(str(v) for v in value)
+
+
+# --- publishing ---------------------------------------------------------------------------
+
+
+def jailfarm_program() -> str:
+    """The `jailfarm` console script next to the master's Python."""
+    return os.path.join(os.path.dirname(sys.executable), "jailfarm")
+
+
+def bulk_passed(step: buildstep.BuildStep) -> bool:
+    """Publish only what a passing bulk made: a bulk that failed by policy (or a failed
+    upload) never replaces the served repository (ARCHITECTURE "Repository generations")."""
+    return bool(step.build.results in (_results.SUCCESS, _results.WARNINGS))
+
+
+class PublishRepository(MasterShellCommand):  # type: ignore[misc]  # buildbot is untyped
+    """Publish the packages the bulk uploaded to the master as a new signed generation of the
+    repository: `jailfarm repo publish` on the master, where the signing key (or the signing
+    command) lives; it never enters a worker jail. Skipped when the bulk did not pass."""
+
+    name = "publish"
+
+    def __init__(self, *, farm_toml: str, repo: Any, source: Any, **kwargs: Any) -> None:
+        command = [
+            jailfarm_program(),
+            "repo",
+            "publish",
+            "-c",
+            farm_toml,
+            repo,
+            source,
+            "--info",
+            Interpolate("build=%(prop:buildername)s/%(prop:buildnumber)s"),
+            "--info",
+            Interpolate("revision=%(prop:got_revision:-unknown)s"),
+        ]
+        kwargs.setdefault("doStepIf", bulk_passed)
+        kwargs.setdefault("haltOnFailure", True)
+        super().__init__(command, logEnviron=False, **kwargs)

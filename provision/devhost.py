@@ -2,7 +2,8 @@
 
 `up` brings the whole farm up on this machine and runs a first build on a jail worker: the
 zfs-fuse daemon, the file-backed pool, the worker template, a Buildbot master (basedir
-`<state_dir>/master`, running the farm.toml copied next to its master.cfg) with its web UI.
+`<state_dir>/master`, running the farm.toml copied next to its master.cfg) with its web UI,
+the repository signing key and nginx in front of it all.
 What `up` created is recorded in `<state_dir>/up.json`, so `down` removes exactly that and
 stops only the processes `up` started (by their PIDs).
 """
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import treq
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet import task
 
 from jailfarm.cmd import Cmd
@@ -30,6 +33,9 @@ from jailfarm.host import zfsfuse
 from jailfarm.host.platform import host_platforms, make_platform
 from jailfarm.host.zfs import Zfs
 from jailfarm.master.config import bulk_builder_name
+from jailfarm.poudriere.commands import Target
+from jailfarm.poudriere.pkgsign import public_key_pem
+from jailfarm.provision.nginx import NginxProcess, site_from_config
 from jailfarm.workers import layout
 from jailfarm.workers.reaper import reap_command
 from jailfarm.workers.template import current_snapshot, template_command
@@ -55,6 +61,9 @@ class UpState:
     root_created: bool = False
     master_dir: str | None = None
     seeded_trees: list[str] = field(default_factory=list)
+    made_dirs: list[str] = field(default_factory=list)
+    signing_key: str | None = None
+    nginx_prefix: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> UpState:
@@ -75,6 +84,11 @@ def _remove_if_empty(directory: Path) -> None:
         directory.rmdir()
     except OSError:  # not empty (someone else's files) or already gone: leave it
         pass
+
+
+def public_key_file(key_file: str) -> str:
+    """The public half of a signing key: `repo.key` -> `repo.pub`, next to it."""
+    return os.path.splitext(key_file)[0] + ".pub"
 
 
 def _bin(name: str) -> str:
@@ -121,10 +135,53 @@ class DevHost:
         await self._storage(state)
         await self._template()
         await self._ports_trees(state)
+        await self._repository(state)
         await self._master(state)
+        await self._web(state)
         if not first_build:
             return 0
         return await self._first_build()
+
+    async def _repository(self, state: UpState) -> None:
+        """Where generations and bulk logs go, and the signing key (made once, 0600, with its
+        public half next to it for consumers and `jailfarm repo verify`)."""
+        cfg = self.cfg
+        for d in (cfg.publish.root, cfg.publish.logs, os.path.join(cfg.state_dir, "incoming")):
+            top = Path(d)
+            while not top.parent.exists():  # the first directory `makedirs` will create
+                top = top.parent
+            if not os.path.isdir(d):
+                os.makedirs(d)
+                state.made_dirs.append(str(top))
+        key = cfg.signing.key_file
+        if key and not os.path.exists(key):
+            os.makedirs(os.path.dirname(key), mode=0o700, exist_ok=True)
+            private = rsa.generate_private_key(public_exponent=65537, key_size=4096)
+            pem = private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(pem)
+            Path(public_key_file(key)).write_bytes(public_key_pem(pem))
+            state.signing_key = key
+            self.say(f"made the repository signing key {key} (public key {public_key_file(key)})")
+        state.save(self.state_path)
+
+    def _nginx(self) -> NginxProcess:
+        return NginxProcess(self.runner, site_from_config(self.cfg), self.clock)
+
+    async def _web(self, state: UpState) -> None:
+        nginx = self._nginx()
+        state.nginx_prefix = nginx.site.prefix
+        state.save(self.state_path)
+        pid = await nginx.ensure_running()
+        self.say(
+            f"nginx (pid {pid}) on {nginx.site.url}: /buildbot/ (web UI), /packages/ "
+            "(signed repositories), /data/ (bulk logs)"
+        )
 
     async def _storage(self, state: UpState) -> None:
         cfg = self.cfg
@@ -189,6 +246,10 @@ class DevHost:
             ).check()
         state.master_dir = str(basedir)
         state.save(self.state_path)
+        # twistd would daemonize the master with umask 077; the bulk logs it receives and the
+        # repository generations it publishes are served by nginx's unprivileged workers.
+        tac = basedir / "buildbot.tac"
+        tac.write_text(tac.read_text().replace("umask = None", "umask = 0o022"))
         (basedir / "master.cfg").write_text(self.master_cfg)
         shutil.copyfile(self.farm_toml, basedir / "farm.toml")
         (
@@ -306,7 +367,28 @@ class DevHost:
         ok = build["results"] == 0
         verdict = "succeeded" if ok else "FAILED: " + build["state_string"]
         self.say(f"build {build['buildid']} {verdict} in {time.monotonic() - t:.1f} s")
+        if ok:
+            ok = await self._show_repository(
+                Target(cfg.poudriere_jails[0].name, cfg.trees[0].name, cfg.sets[0].name)
+            )
         return 0 if ok else 1
+
+    async def _show_repository(self, target: Target) -> bool:
+        """The generation the build published, fetched back through nginx and verified as
+        the pkg client would (signature, sizes, checksums)."""
+        cfg, repo = self.cfg, target.mastername
+        url = f"{self._nginx().site.url}packages/{repo}/"
+        argv = [_bin("jailfarm"), "repo", "verify", url]
+        if cfg.signing.key_file:
+            argv += ["--pubkey", public_key_file(cfg.signing.key_file)]
+        else:
+            self.say(f"repository {repo} is signed by a command: verify it with its key")
+            return True
+        result = await self.runner.run(Cmd(tuple(argv), timeout=300))
+        for line in (result.out + result.err).strip().splitlines():
+            self.say(f"  {line}")
+        self.say(f"repository {repo}: {url} " + ("verified" if result.ok else "NOT verified"))
+        return result.ok
 
     async def _ports_trees(self, state: UpState) -> None:
         """Make each ports tree whose URL is a missing local repository from the demo tree
@@ -407,6 +489,10 @@ class DevHost:
         pid = self._master_pid()
         if pid is not None:
             await self._stop_master(pid)
+        if state.nginx_prefix:
+            if await self._nginx().stop():
+                self.say("stopped nginx")
+            shutil.rmtree(state.nginx_prefix, ignore_errors=True)
         if await zfsfuse.pool_exists(self.runner, self.cfg.zfs.pool):
             await reap_command(self.cfg, self.runner, False, True, self.say)
             if state.pool_created:
@@ -421,6 +507,14 @@ class DevHost:
         if state.master_dir:
             shutil.rmtree(state.master_dir, ignore_errors=True)
             self.say(f"removed the master directory {state.master_dir}")
+        for made in reversed(state.made_dirs):
+            shutil.rmtree(made, ignore_errors=True)
+            self.say(f"removed {made}")
+        if state.signing_key:
+            for key in (state.signing_key, public_key_file(state.signing_key)):
+                Path(key).unlink(missing_ok=True)
+            _remove_if_empty(Path(state.signing_key).parent)
+            self.say(f"removed the signing key {state.signing_key}")
         for tree in state.seeded_trees:
             shutil.rmtree(tree, ignore_errors=True)
             self.say(f"removed the demo ports tree repository {tree}")

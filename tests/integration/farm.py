@@ -85,7 +85,9 @@ class FarmTestCase(unittest.TestCase):
     @deferred_test
     async def setUp(self) -> None:
         tag = secrets.token_hex(3)
+        self.nginx_port = free_port()
         self.work = Path(tempfile.mkdtemp(prefix=f"jff{tag}-"))
+        self.work.chmod(0o755)  # nginx's workers (www-data) serve the repository from it
         self.mountpoint = f"/tmp/jff{tag}"
         text = (ROOT / "examples" / "farm.toml").read_text()
         for old, new in (
@@ -97,6 +99,8 @@ class FarmTestCase(unittest.TestCase):
             ('reserve = "512M"', f'reserve = "{self.reserve}"'),
             ("pb_port = 9989", f"pb_port = {free_port()}"),
             ("port = 8010", f"port = {free_port()}"),
+            ("port = 8080", f"port = {self.nginx_port}"),
+            ("localhost:8080/buildbot/", f"localhost:{self.nginx_port}/buildbot/"),
             ("attach_timeout = 120", f"attach_timeout = {self.attach_timeout}"),
         ):
             assert old in text, old

@@ -6,16 +6,21 @@ jails' namespaces, the master's REST API for build results and the reasons it sh
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
+import treq
 from twisted.internet import reactor, task
 
+from jailfarm.cmd import Cmd
 from jailfarm.provision.devhost import UpState
+from jailfarm.runner import LocalRunner
 from jailfarm.workers import layout
-from tests.integration.farm import FarmTestCase
+from tests.integration.farm import ROOT, FarmTestCase
 from tests.integration.host import mounts_below, ns_members
 from tests.support import deferred_test
 
@@ -65,6 +70,20 @@ class _Helpers(FarmTestCase):
         for log in (await self.get(f"steps/{prep['stepid']}/logs"))["logs"]:
             text.append(await self.host.raw_log(log["logid"]))
         return "\n".join(text)
+
+    async def fetch(self, url: str) -> str:
+        response = await treq.get(url, persistent=False)
+        body = await response.text()
+        self.assertEqual(response.code, 200, f"{url}: {body[:300]}")
+        return str(body)
+
+    async def verify(self, url: str) -> str:
+        """`jailfarm repo verify URL --pubkey` as a consumer would run it: its output."""
+        key = Path(self.cfg.signing.key_file or "").with_suffix(".pub")
+        argv = [str(ROOT / ".venv/bin/jailfarm"), "repo", "verify", url, "--pubkey", str(key)]
+        result = await LocalRunner().run(Cmd(tuple(argv), timeout=120))
+        self.assertTrue(result.ok, result.out + result.err)
+        return str(result.out)
 
     async def nothing_left(self) -> None:
         async def empty() -> bool:
@@ -223,6 +242,14 @@ class PoudriereBulkTests(_Helpers):
         check = logs[("check-packages", "stdio")]
         self.assertIn("8 valid packages", check)
         self.assertRegex(check, r"jf-hello 1\.0_1 \d+ files deps=libjf")
+        # Published on the master as generation 1, served by nginx, verified as pkg would.
+        self.assertEqual(steps["publish"]["results"], 0)
+        repo = "141amd64-default-default"
+        url = f"http://localhost:{self.nginx_port}/packages/{repo}/"
+        self.assertIn("8 packages", await self.verify(url))
+        buildname = props["poudriere_buildname"][0]
+        data = f"http://localhost:{self.nginx_port}/data/{repo}/{buildname}/.data.json"
+        self.assertEqual(json.loads(await self.fetch(data))["buildname"], buildname)
         await self.nothing_left()
 
         # A new worker jail sees the packages of the first (the jail host's packages dataset):
@@ -291,6 +318,13 @@ make_conf = { "JF_FAIL" = "yes" }
         check = logs[("check-packages", "stdio")]
         self.assertIn("6 valid packages", check)
         self.assertNotRegex(check, r"(?m)^jf-(flaky|meta) ")
+        # A bulk that failed by policy publishes nothing; its logs are served all the same, and
+        # the step links the failed port's log.
+        self.assertEqual(steps["publish"]["results"], 3)  # SKIPPED
+        self.assertFalse((Path(self.cfg.publish.root) / "141amd64-default-failing").exists())
+        urls = {u["name"]: u["url"] for u in steps["poudriere-bulk"]["urls"]}
+        failed_log = next(u for name, u in urls.items() if "jf-flaky" in name)
+        self.assertIn("build failure", await self.fetch(failed_log))
         await self.nothing_left()
 
 

@@ -188,13 +188,35 @@ class BuilderAndSchedulerTests:
         assert builder.workernames == ["jfw1", "jfw2", "jfw3"]
         names = [s.kwargs.get("name") or s.step_class.name for s in builder.factory.steps]
         # This farm's default set has no make.conf settings: only poudriere.conf is written.
-        assert names == ["ports-tree", "etc-poudriere-conf", "poudriere-setup", "poudriere-bulk"]
-        bulk = builder.factory.steps[-1]
+        assert names == [
+            "ports-tree",
+            "etc-poudriere-conf",
+            "poudriere-setup",
+            "poudriere-bulk",
+            "upload-logs",
+            "upload-packages",
+            "publish",
+            "remove-upload",
+        ]
+        bulk = builder.factory.steps[3]
         assert bulk.kwargs["jail"] == "141amd64" and bulk.kwargs["all_ports"] is True
         # One bulk per MASTERNAME at a time: its packages are shared by the worker jails.
         (lock,) = builder.locks
         assert (lock.lockid.name, lock.mode) == ("bulk-141amd64-default", "exclusive")
         assert bulk.kwargs["poudriere"] == "poudriere"  # from the worker's PATH
+        # Failed ports link to their logs as nginx serves them, next to the web UI.
+        assert bulk.kwargs["log_url"] == "http://localhost:8080/data"
+        publish = builder.factory.steps[6].buildStep()
+        command = publish.command
+        assert command[1:6] == ["repo", "publish", "-c", FARM_TOML, "141amd64-default-default"]
+        assert command[0].endswith("/jailfarm")
+        # Logs go up even after a failed bulk; packages only after a passing one.
+        upload_logs, upload_packages = builder.factory.steps[4:6]
+        assert upload_logs.kwargs["alwaysRun"] is True
+        assert upload_packages.kwargs.get("alwaysRun") is not True
+        assert upload_packages.kwargs["workersrc"] == (
+            "/home/buildbot/poudriere/data/packages/141amd64-default-default/.latest/All"
+        )
         force = config()["schedulers"][1]
         assert (force.name, force.builderNames) == ("force-bulk", ["bulk-141amd64-default"])
 
