@@ -48,7 +48,7 @@ from jailfarm.poudriere.status import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Generator, Sequence
 
 OnPortFailure = Literal["failure", "warnings"]
 
@@ -522,3 +522,21 @@ class PublishRepository(MasterShellCommand):  # type: ignore[misc]  # buildbot i
         kwargs.setdefault("doStepIf", bulk_passed)
         kwargs.setdefault("haltOnFailure", True)
         super().__init__(command, logEnviron=False, **kwargs)
+        self.published = ""
+        self.addLogObserver("stdio", logobserver.LineConsumerLogObserver(self._lines))
+
+    def _lines(self) -> Generator[None, tuple[str, str], None]:
+        while True:
+            _, line = yield
+            if m := _PUBLISHED.search(line):
+                self.published = f"{m.group(1)}: published {m.group(2)}"
+
+    def getResultSummary(self) -> dict[str, str]:
+        if self.published and self.results == _results.SUCCESS:
+            return {"step": self.published}
+        summary: dict[str, str] = super().getResultSummary()
+        return summary
+
+
+# `jailfarm repo publish`'s line for the new generation.
+_PUBLISHED = re.compile(r"^repo (\S+): published (g\d+: \d+ packages)")

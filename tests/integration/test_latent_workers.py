@@ -244,6 +244,10 @@ class PoudriereBulkTests(_Helpers):
         self.assertRegex(check, r"jf-hello 1\.0_1 \d+ files deps=libjf")
         # Published on the master as generation 1, served by nginx, verified as pkg would.
         self.assertEqual(steps["publish"]["results"], 0)
+        self.assertEqual(
+            steps["publish"]["state_string"],
+            "141amd64-default-default: published g1: 8 packages",
+        )
         repo = "141amd64-default-default"
         url = f"http://localhost:{self.nginx_port}/packages/{repo}/"
         self.assertIn("8 packages", await self.verify(url))
