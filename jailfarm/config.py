@@ -163,6 +163,7 @@ class PublishConfig:
     root: str
     keep: int = 5
     logs: str = ""
+    catalogue: str = "jailfarm"  # or "pkg": FreeBSD's `pkg repo` writes the catalogues
 
 
 @dataclass(frozen=True)
@@ -281,7 +282,7 @@ def parse_farm(data: Mapping[str, object], source: str = "farm.toml") -> FarmCon
     jails, on_port_failure = _poudriere(top)
     trees = _trees(top)
     sets = _sets(top)
-    publish = _publish(top.table("publish"), state_dir)
+    publish = _publish(top.table("publish"), state_dir, platform)
     signing = _signing(top.table("signing"), platform, state_dir, publish.root)
     _logs_hold_no_key(report, publish, signing)
     web = _web(top.table("web"), workers.pb_port)
@@ -497,10 +498,13 @@ def _sets(top: cs.Table) -> tuple[PortSet, ...]:
     return tuple(sets)
 
 
-def _publish(t: cs.Table, state_dir: str) -> PublishConfig:
+def _publish(t: cs.Table, state_dir: str, platform: str) -> PublishConfig:
     root = t.get("root", cs.abs_path, f"{state_dir}/repo")
     keep = t.get("keep", cs.integer(1), 5)
     logs = t.get("logs", cs.nginx_path, f"{state_dir}/logs/bulk")
+    catalogue = "jailfarm"
+    if _only(t, platform, "freebsd", "catalogue"):
+        catalogue = t.get("catalogue", cs.choice("jailfarm", "pkg"), "jailfarm")
     t.done()
     for key, path in (("publish.root", root), ("publish.logs", logs)):
         if t.report.ok(key, "farm.state_dir") and cs.is_under(state_dir, path):
@@ -509,7 +513,7 @@ def _publish(t: cs.Table, state_dir: str) -> PublishConfig:
                 key,
                 f"{cs.show(path)} contains farm.state_dir ({why}); expected a directory outside it",
             )
-    return PublishConfig(root, keep, logs)
+    return PublishConfig(root, keep, logs, catalogue)
 
 
 def _signing(t: cs.Table, platform: str, state_dir: str, publish_root: str) -> SigningConfig:

@@ -249,6 +249,18 @@ def _signer(cfg: FarmConfig) -> Signer:
     raise UsageError("farm.toml sets neither signing.key_file nor signing.command")
 
 
+def _pkg_repo(cfg: FarmConfig) -> Callable[[Path], Coroutine[Any, Any, None]]:
+    """`publish.catalogue = "pkg"`: FreeBSD's `pkg repo` writes and signs the catalogues."""
+    from jailfarm.poudriere.genbuild import pkg_repo_cmd
+    from jailfarm.runner import LocalRunner
+
+    async def write(directory: Path) -> None:
+        cmd = pkg_repo_cmd(directory, cfg.signing.key_file, cfg.signing.command)
+        (await LocalRunner().run(cmd)).check()
+
+    return write
+
+
 def _info(pairs: Sequence[str]) -> dict[str, str]:
     info = {}
     for pair in pairs:
@@ -267,7 +279,16 @@ async def _publish(cfg: FarmConfig, args: argparse.Namespace) -> int:
     fingerprints = Path(args.fingerprints) if args.fingerprints else None
     print(f"repo {repo}: publishing {args.source}", flush=True)
     start = time.monotonic()
-    g = await publish(root, repo, Path(args.source), signer, cfg.publish.keep, info, fingerprints)
+    g = await publish(
+        root,
+        repo,
+        Path(args.source),
+        signer,
+        cfg.publish.keep,
+        info,
+        fingerprints,
+        catalogue=_pkg_repo(cfg) if cfg.publish.catalogue == "pkg" else None,
+    )
     took = time.monotonic() - start
     was = f" (was g{g.previous})" if g.previous else ""
     print(f"repo {repo}: published {g.name}: {g.packages} packages in {took:.1f} s")

@@ -13,6 +13,7 @@ import os
 import shutil
 from typing import TYPE_CHECKING, Any
 
+from jailfarm.cmd import Cmd
 from jailfarm.errors import FarmError
 from jailfarm.poudriere.catalogue import CatalogueCache, Record, read_record
 from jailfarm.poudriere.pkgrepo import (
@@ -24,14 +25,19 @@ from jailfarm.poudriere.pkgrepo import (
     place_bootstrap,
     render_catalogues,
     sign_catalogues,
+    unpack_catalogue,
     write_catalogues,
 )
 from jailfarm.poudriere.pkgsign import KeyFileSigner, fingerprint
 from jailfarm.poudriere.repocheck import DirReader, RepositoryError, Trust, check
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
     from pathlib import Path
+
+    # Writes and signs the catalogues of the laid-out generation in its directory instead of
+    # jailfarm's writer (`pkg repo`, see pkg_repo_cmd); its output is verified all the same.
+    Catalogue = Callable[[Path], Awaitable[None]]
 
     from jailfarm.poudriere.pkgsign import Signature, Signer
 
@@ -158,6 +164,25 @@ def _trust(
     return Trust(pubkey)
 
 
+def pkg_repo_cmd(directory: Path, key_file: str | None, command: Sequence[str] = ()) -> Cmd:
+    """FreeBSD's own catalogue writer on a laid-out generation (poudriere.md §5.2):
+    `pkg repo DIR KEY` or `pkg repo DIR signing_command: CMD...`. The packages are already in
+    `All/Hashed/` with `All/` symlinks, so no --hash: pkg records the files where they are."""
+    if (key_file is None) == (not command):
+        raise ValueError("give exactly one of a key file and a signing command")
+    signing = (key_file,) if key_file else ("signing_command:", *command)
+    return Cmd(("pkg", "repo", str(directory), *signing), timeout=3600)
+
+
+def read_signature(directory: Path) -> Signature | None:
+    """What signs a written data.pkg: the `signature` member's bytes (pubkey mode) or the
+    `data.sig`/`data.pub` pair (signing command), to verify it as clients will."""
+    members = unpack_catalogue((directory / "data.pkg").read_bytes())
+    if "data.sig" in members and "data.pub" in members:
+        return members["data.sig"], members["data.pub"]
+    return members.get("signature")
+
+
 async def build(
     base: Path,
     tmp: Path,
@@ -165,6 +190,7 @@ async def build(
     signer: Signer,
     meta: dict[str, Any],
     verify: tuple[bytes | None, Path | None],
+    catalogue: Catalogue | None = None,
 ) -> None:
     """Fill `tmp` with the complete, signed and verified generation; on failure remove it and
     the pool files it added."""
@@ -181,7 +207,12 @@ async def build(
         placed = [builder.add(path, cache) for path in paths]
         if builder.misses or len(cache) != len(placed):
             CatalogueCache.save(base / CACHE, (r for r, _ in placed))
-        signature = await _sign(tmp, placed, builder.pkg_blobs, signer)
+        if catalogue is None:
+            signature = await _sign(tmp, placed, builder.pkg_blobs, signer)
+        else:
+            await _bootstrap(tmp, placed, builder.pkg_blobs, signer)
+            await catalogue(tmp)
+            signature = read_signature(tmp)
         meta["packages"] = len(placed)
         if isinstance(signature, tuple):
             meta["signature_type"] = "fingerprints"
@@ -212,6 +243,14 @@ async def _sign(
     data, site = render_catalogues([r.line(p) for r, p in placed])
     archives, signature = await sign_catalogues(data, site, signer)
     write_catalogues(tmp, archives)
+    await _bootstrap(tmp, placed, blobs, signer)
+    return signature
+
+
+async def _bootstrap(
+    tmp: Path, placed: list[tuple[Record, str]], blobs: Mapping[str, bytes], signer: Signer
+) -> None:
+    """`Latest/pkg.pkg` and its signature, when the packages include pkg (poudriere does this
+    itself, not `pkg repo`: §5.1)."""
     if (pkg := newest_pkg(placed)) is not None:
         await place_bootstrap(tmp, bootstrap_target(*pkg), blobs[pkg[1]], signer)
-    return signature

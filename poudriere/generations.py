@@ -47,6 +47,7 @@ from jailfarm.poudriere.pkgversion import version_cmp, version_key
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
+    from jailfarm.poudriere.genbuild import Catalogue
     from jailfarm.poudriere.pkgsign import Signer
 
 __all__ = [
@@ -315,6 +316,7 @@ async def publish(
     fingerprints: Path | None = None,
     *,
     pubkey: bytes | None = None,
+    catalogue: Catalogue | None = None,
 ) -> Generation:
     """Publish the packages under `source` (poudriere's `packages/<mastername>/.latest`, or
     any directory of .pkg files) as the next generation of `repo` under `root`: build it in
@@ -346,7 +348,7 @@ async def publish(
         meta = {"number": number, "created": _now(), "info": dict(info or {})}
         meta["previous"] = previous
         try:
-            await build(base, tmp, source, signer, meta, (pubkey, fingerprints))
+            await build(base, tmp, source, signer, meta, (pubkey, fingerprints), catalogue)
         except (FarmError, OSError, ValueError) as e:
             served = f"g{previous}" if previous else "nothing"
             raise PublishError(f"{repo}: publish failed, still serving {served}: {e}") from e

@@ -939,3 +939,10 @@ class PublishLogsTests:
     def test_linux_dev_state_dir_must_be_a_path_nginx_can_carry(self) -> None:
         message = problem(farm(farm__state_dir="/srv/j{f}"))
         assert message.startswith("farm.state_dir: '/srv/j{f}' contains '{}'")
+
+
+def test_publish_catalogue_pkg_is_freebsds_pkg_repo_only() -> None:
+    assert parse_farm(farm(FREEBSD, publish__catalogue="pkg")).publish.catalogue == "pkg"
+    assert parse_farm(farm(FREEBSD)).publish.catalogue == "jailfarm"
+    assert "only valid with platform 'freebsd'" in problem(farm(publish__catalogue="pkg"))
+    assert "expected one of" in problem(farm(FREEBSD, publish__catalogue="pkg-repo"))

@@ -30,7 +30,8 @@ from jailfarm.poudriere.generations import (
     rollback,
 )
 from jailfarm.poudriere.pkgfile import PackageMeta, write_package
-from jailfarm.poudriere.pkgrepo import unpack_catalogue
+from jailfarm.poudriere.genbuild import pkg_repo_cmd
+from jailfarm.poudriere.pkgrepo import unpack_catalogue, write_repository
 from jailfarm.poudriere.pkgsign import (
     CommandSigner,
     KeyFileSigner,
@@ -323,6 +324,55 @@ class FailedSigningTests:
             resolve(publish(served.parent, "main", src, bad, 3, pubkey=public_key_pem(key)))
         assert snapshot(served) == before
         assert not list(served.glob(".g*"))
+
+
+class PkgRepoCatalogueTests:
+    """`publish.catalogue = "pkg"`: FreeBSD's `pkg repo` writes the catalogues of the laid-out
+    generation (poudriere.md §5.2). There is no pkg here, so a writer with pkg repo's walk
+    (files under the directory, symlinks and dot directories skipped) stands in for it; the
+    generation is verified the same way whoever wrote it."""
+
+    def test_the_argv_is_pkg_repos(self) -> None:
+        d = Path("/r/main/.g3.tmp")
+        assert pkg_repo_cmd(d, "/k/repo.key").argv == ("pkg", "repo", str(d), "/k/repo.key")
+        signing = pkg_repo_cmd(d, None, ["ssh", "signer", "sign"]).argv
+        assert signing == ("pkg", "repo", str(d), "signing_command:", "ssh", "signer", "sign")
+        with pytest.raises(ValueError, match="exactly one"):
+            pkg_repo_cmd(d, "/k/repo.key", ["sign"])
+
+    def test_its_catalogue_is_verified_and_published(
+        self, tmp_path: Path, src: Path, signer: KeyFileSigner
+    ) -> None:
+        async def pkg_repo(directory: Path) -> None:
+            await write_repository(directory, signer=signer)
+
+        g = resolve(publish(tmp_path / "repo", "main", src, signer, 3, catalogue=pkg_repo))
+        paths = sorted(str(p["repopath"]) for p in catalogue(g.path))
+        assert len(paths) == 3 and all(p.startswith("All/Hashed/") for p in paths)
+        verify_repository(g.path, signer.public_key())
+
+    def test_a_catalogue_signed_with_another_key_is_never_served(
+        self, tmp_path: Path, src: Path, signer: KeyFileSigner, key: bytes
+    ) -> None:
+        go(tmp_path / "repo", src, signer)
+        served = tmp_path / "repo" / "main"
+        before = snapshot(served)
+        other = tmp_path / "other.key"
+        other.write_bytes(
+            rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+        )
+
+        async def wrong_key(directory: Path) -> None:
+            await write_repository(directory, signer=KeyFileSigner(other))
+
+        add(src, "hello", "1.1")
+        with pytest.raises(PublishError, match="signature verification failure"):
+            resolve(publish(served.parent, "main", src, signer, 3, catalogue=wrong_key))
+        assert snapshot(served) == before and not list(served.glob(".g*"))
 
 
 class RollbackTests:
