@@ -500,7 +500,9 @@ def _sets(top: cs.Table) -> tuple[PortSet, ...]:
 
 def _publish(t: cs.Table, state_dir: str, platform: str) -> PublishConfig:
     root = t.get("root", cs.abs_path, f"{state_dir}/repo")
-    keep = t.get("keep", cs.integer(1), 5)
+    # One generation more than the served one, at least: a client that fetched the catalogue
+    # just before a swap still downloads its packages (the pool keeps them with it).
+    keep = t.get("keep", cs.integer(2), 5)
     logs = t.get("logs", cs.nginx_path, f"{state_dir}/logs/bulk")
     catalogue = "jailfarm"
     if _only(t, platform, "freebsd", "catalogue"):

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -249,6 +250,26 @@ def _remove_tree(base: Path, name: str) -> None:
     shutil.rmtree(path)
 
 
+# What a client asks If-Modified-Since about: pkg keeps the served data.pkg's Last-Modified as
+# its catalogue's mtime and treats a 304 (which libcurl also fakes when Last-Modified is not
+# newer, in whole seconds) as "up to date". pkg stamps the catalogues with meta.conf's time.
+_STAMPED = ("meta.conf", "meta", "data.pkg", "packagesite.pkg")
+
+
+def _newer_than_served(generation: Path, base: Path) -> None:
+    """Stamp the catalogues of the generation about to be served strictly newer (in seconds)
+    than the served one, or clients would keep the old catalogue after a publish in the same
+    second or a rollback to an older generation. Not being served, it can be changed."""
+    try:
+        served = int((base / "current" / "data.pkg").stat().st_mtime)
+    except FileNotFoundError:
+        served = 0
+    stamp = max(int(time.time()), served + 1)
+    for name in _STAMPED:
+        if (generation / name).is_file():
+            os.utime(generation / name, (stamp, stamp))
+
+
 def rollback(root: Path, repo: str, to: int | None = None) -> Generation:
     """Point `current` at generation `to` (default: the newest one older than current) with
     one rename. Raises GenerationError when there is nothing to roll back to, the generation
@@ -271,6 +292,7 @@ def rollback(root: Path, repo: str, to: int | None = None) -> Generation:
             raise GenerationError(f"g{to} is already the current generation of {repo}")
         if not (base / f"g{to}" / "data.pkg").is_file():
             raise GenerationError(f"g{to} of {repo} is incomplete (no data.pkg); not served")
+        _newer_than_served(base / f"g{to}", base)
         _swap_current(base, to)
         return _read_generation(base, to, to)
 
@@ -352,6 +374,7 @@ async def publish(
         except (FarmError, OSError, ValueError) as e:
             served = f"g{previous}" if previous else "nothing"
             raise PublishError(f"{repo}: publish failed, still serving {served}: {e}") from e
+        _newer_than_served(tmp, base)
         os.rename(tmp, base / f"g{number}")
         _swap_current(base, number)
         try:

@@ -31,6 +31,9 @@ Signature = bytes | tuple[bytes, bytes]
 _FINGERPRINT_LINE = re.compile(r'\s*([a-z_]+)\s*[:=]\s*"([^"]*)"\s*;?\s*')
 
 
+SIGNING_TIMEOUT = 300  # seconds
+
+
 class SigningError(FarmError, ValueError):
     """A signer failed, said nothing, or answered outside pkg's signing_command protocol."""
 
@@ -149,7 +152,10 @@ async def sign_with_command(
 ) -> tuple[bytes, bytes]:
     """Run a signing command: `digest` plus a newline on stdin, as pkg writes it; a non-zero
     exit raises CommandFailed, bad output SigningError."""
-    result = await runner.run(Cmd(tuple(argv), stdin=f"{digest}\n".encode("ascii")))
+    # A signer that hangs must not hold the repository's lock for ever.
+    result = await runner.run(
+        Cmd(tuple(argv), stdin=f"{digest}\n".encode("ascii"), timeout=SIGNING_TIMEOUT)
+    )
     return parse_signing_command_output(result.check().stdout)
 
 

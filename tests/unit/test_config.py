@@ -524,6 +524,7 @@ class SetTests:
 class PublishTests:
     def test_keep_is_at_least_one(self) -> None:
         assert problem(farm(publish__keep=0)).startswith("publish.keep:")
+        assert "expected an integer >= 2" in problem(farm(publish__keep=1))
 
     def test_root_may_not_contain_the_state_dir(self) -> None:
         message = problem(farm(publish__root="/var/lib"))

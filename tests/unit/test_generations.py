@@ -580,3 +580,25 @@ def _no_stray_threads() -> Iterator[None]:
     before = threading.active_count()
     yield
     assert threading.active_count() == before
+
+
+def test_what_becomes_current_is_always_newer_for_if_modified_since(
+    tmp_path: Path, src: Path, signer: KeyFileSigner
+) -> None:
+    """pkg updates with If-Modified-Since (the served data.pkg's Last-Modified, in seconds) and
+    keeps its catalogue on a 304: a publish in the same second as the last one, and a rollback
+    to an older generation, must each serve a strictly newer data.pkg."""
+
+    def served() -> int:
+        return int((tmp_path / "repo" / "main" / "current" / "data.pkg").stat().st_mtime)
+
+    go(tmp_path / "repo", src, signer)
+    first = served()
+    add(src, "hello", "1.1")
+    go(tmp_path / "repo", src, signer)  # well within the same second
+    second = served()
+    assert second > first
+    rollback(tmp_path / "repo", "main")
+    assert served() > second
+    meta = tmp_path / "repo" / "main" / "current" / "meta.conf"
+    assert int(meta.stat().st_mtime) == served()  # pkg stamps them alike
