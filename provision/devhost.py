@@ -140,6 +140,14 @@ class DevHost:
         await self._web(state)
         if not first_build:
             return 0
+        if self.cfg.web.auth == "users":
+            # Anonymous users may not force builds then, and `up` knows no password (only
+            # hashes are configured): an ops user starts the first build.
+            self.say(
+                f"sign-in is on (web.auth = users): sign in at {self.cfg.web.url} as an ops "
+                "user and force a bulk-... build; `up` does not start builds anonymously"
+            )
+            return 0
         return await self._first_build()
 
     async def _repository(self, state: UpState) -> None:
