@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, task
 
-from jailfarm import repocli
+from jailfarm import plancli, repocli
 from jailfarm.config import FarmConfig, load_farm
 from jailfarm.errors import ConfigError, FarmError
 from jailfarm.provision import consumer
@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     check = cfg_sub.add_parser("check", help="validate a farm.toml, listing every error")
     check.add_argument("file")
     repocli.register(sub)
+    plancli.register(sub)
     consumer.register(sub)
     commands = {
         "doctor": "check this host's requirements",
@@ -142,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(_config_check(args))
         if args.command == "repo":
             sys.exit(repocli.run(args))
+        if args.command == "plan":
+            sys.exit(plancli.run(args))
         cfg = load_farm(args.config)
     except ConfigError as e:
         print(f"jailfarm: {e}", file=sys.stderr)

@@ -33,6 +33,7 @@ __all__ = [
     "PortSet",
     "PortsTree",
     "PoudriereJail",
+    "ProvisionConfig",
     "PublishConfig",
     "SigningConfig",
     "TemplateConfig",
@@ -139,9 +140,20 @@ class PoudriereJail:
 
 @dataclass(frozen=True)
 class PortsTree:
+    """A ports tree: its git URL and branch, and how pushes to it become builds (the README's
+    configuration reference): a GitPoller every `poll_interval` seconds (0: none), web hooks and
+    `buildbot sendchange` checked against the secret in `hook_secret_file`, a full bulk every
+    night at `nightly` ("HH:MM", "" for none), a testport of each changed port (`testport`),
+    and `stable_timer` seconds of quiet that gather one push's commits into one build."""
+
     name: str
     url: str
     branch: str = "main"
+    poll_interval: int = 300
+    hook_secret_file: str | None = None
+    nightly: str = "03:00"
+    testport: bool = True
+    stable_timer: int = 10
 
 
 @dataclass(frozen=True)
@@ -177,6 +189,10 @@ class SigningConfig:
 
 @dataclass(frozen=True)
 class WebUser:
+    """A web UI user: a PBKDF2 hash, never the password (`hash_password` makes one), and a
+    role from ROLES, each including the ones before it: a viewer reads, ops also force,
+    stop, rebuild and cancel builds and roll repositories back, an admin may do anything."""
+
     name: str
     password_hash: str = field(repr=False)
     role: str = "viewer"
@@ -184,6 +200,10 @@ class WebUser:
 
 @dataclass(frozen=True)
 class WebConfig:
+    """Buildbot's web server. `auth` is "users" (sign-in against `users`; anonymous visitors
+    only read) or "none" (everyone may do everything: loopback binds only); it defaults to
+    "users" when users are listed."""
+
     bind: str = "127.0.0.1"
     port: int = 8010
     url: str = "http://localhost:8010/"
@@ -224,6 +244,33 @@ class DatabaseConfig:
         return cs.mask_url(self.url.reveal())
 
 
+NETWORK_MODES = ("lo1", "vnet")
+DEFAULT_JAIL_NETWORK = "10.87.0.0/24"
+RESERVATION_PERCENT = 20  # jails spec c.63: keep 20% of the pool in a reservation
+
+
+@dataclass(frozen=True)
+class ProvisionConfig:
+    """How `jailfarm provision` lays out a FreeBSD host. `network_mode` "lo1": the master and
+    nginx jails have addresses on a cloned lo1 (the host's is `host_address`), pf NATs them out
+    of `external_interface` and forwards nginx's port to the nginx jail (jails spec d.88-d.90);
+    "vnet": each has its own network stack, bridged to `external_interface` with jib(8), on
+    the LAN `network` with router `gateway` (d.95-d.97). `reservation` is bytes, or None for
+    `reservation_percent` of the pool (c.63). On linux-dev only the reservation is read."""
+
+    network_mode: str = "lo1"
+    external_interface: str | None = None
+    network: str = DEFAULT_JAIL_NETWORK
+    host_address: str = "10.87.0.1"
+    gateway: str | None = None
+    master_jail: str = "jfmaster"
+    master_address: str = "10.87.0.2"
+    nginx_jail: str = "jfnginx"
+    nginx_address: str = "10.87.0.3"
+    reservation: int | None = None
+    reservation_percent: int | None = RESERVATION_PERCENT
+
+
 @dataclass(frozen=True)
 class FarmConfig:
     """One farm, as farm.toml describes it (see the README's configuration reference)."""
@@ -246,6 +293,7 @@ class FarmConfig:
     # What a bulk whose ports failed is: "failure" (the build fails) or "warnings".
     on_port_failure: str = "failure"
     nginx: NginxConfig = field(default_factory=NginxConfig)
+    provision: ProvisionConfig = field(default_factory=ProvisionConfig)
 
 
 def load_farm(path: str | os.PathLike[str]) -> FarmConfig:
@@ -285,10 +333,12 @@ def parse_farm(data: Mapping[str, object], source: str = "farm.toml") -> FarmCon
     publish = _publish(top.table("publish"), state_dir, platform)
     signing = _signing(top.table("signing"), platform, state_dir, publish.root)
     _logs_hold_no_key(report, publish, signing)
+    _hook_secrets_not_served(report, trees, publish)
     web = _web(top.table("web"), workers.pb_port)
     _remote_workers_reach_master(report, hosts, workers, web)
     nginx = _nginx(top.table("nginx"), platform)
     _nginx_checks(report, platform, state_dir, publish, workers, web, nginx)
+    provision = _provision(top.table("provision"), platform, prefix)
     db = top.table("database")
     database = DatabaseConfig(Secret(db.get("url", cs.database_url, DEFAULT_DATABASE)))
     db.done()
@@ -313,6 +363,7 @@ def parse_farm(data: Mapping[str, object], source: str = "farm.toml") -> FarmCon
         database=database,
         on_port_failure=on_port_failure,
         nginx=nginx,
+        provision=provision,
     )
 
 
@@ -467,10 +518,37 @@ def _trees(top: cs.Table) -> tuple[PortsTree, ...]:
     for t in tables or []:
         name = t.need("name", cs.name_of(names.TREE), "", "a tree name such as 'default'")
         url = t.need("url", cs.git_url, "", "a git URL or an absolute path")
-        trees.append(PortsTree(name, url, t.get("branch", cs.name_of(names.BRANCH), "main")))
+        branch = t.get("branch", cs.name_of(names.BRANCH), "main")
+        trees.append(PortsTree(name, url, branch, *_tree_pushes(t)))
         t.done()
     _unique(top.report, "trees", [tree.name for tree in trees])
     return tuple(trees)
+
+
+def _tree_pushes(t: cs.Table) -> tuple[int, str | None, str, bool, int]:
+    """How pushes reach a tree. A tree with a hook secret is told of pushes, so it polls only
+    when asked to: polling as well would build every push twice."""
+    secret = t.get("hook_secret_file", cs.abs_path, None)
+    poll = t.get("poll_interval", cs.integer(0), 0 if t.has("hook_secret_file") else 300)
+    nightly = t.get("nightly", cs.nightly_time, "03:00")
+    testport = t.get("testport", cs.boolean, True)
+    stable = t.get("stable_timer", cs.integer(0, 3600), 10)
+    return poll, secret, nightly, testport, stable
+
+
+def _hook_secrets_not_served(
+    report: cs.Report, trees: tuple[PortsTree, ...], publish: PublishConfig
+) -> None:
+    for i, tree in enumerate(trees):
+        key = f"trees[{i}].hook_secret_file"
+        for where, root in (("publish.root", publish.root), ("publish.logs", publish.logs)):
+            secret = tree.hook_secret_file
+            if secret and report.ok(key, where) and cs.is_under(secret, root):
+                report.add(
+                    key,
+                    f"{cs.show(secret)} is inside {where} (nginx would serve it); "
+                    "expected a path outside it",
+                )
 
 
 def _make_conf(t: cs.Table) -> tuple[tuple[str, str], ...]:
@@ -559,6 +637,15 @@ def _logs_hold_no_key(report: cs.Report, publish: PublishConfig, signing: Signin
 
 def _web_user(t: cs.Table) -> WebUser:
     name = t.need("name", cs.name_of(names.USER), "", "a user name such as 'ops'")
+    for plain in ("password", "passwd"):
+        if t.has(plain):
+            # Never `forbid`: its message would quote the password.
+            t.forbidden.add(plain)
+            t.report.add(
+                t.key(plain),
+                f"a plaintext password (not shown) is refused; expected password_hash = "
+                f"{cs.HASH_TEXT}, and remove this key",
+            )
     hashed = t.need("password_hash", cs.password_hash, "", cs.HASH_TEXT)
     role = t.get("role", cs.choice(*ROLES), "viewer")
     t.done()
@@ -569,7 +656,8 @@ def _web(t: cs.Table, pb_port: int) -> WebConfig:
     bind = t.get("bind", cs.ip_address, "127.0.0.1")
     port = t.get("port", cs.PORT, 8010)
     url = t.get("url", cs.web_url, f"http://localhost:{port}/")
-    auth = t.get("auth", cs.choice("none", "users"), "none")
+    # Listing users turns sign-in on; auth = "none" with users is a contradiction (below).
+    auth = t.get("auth", cs.choice("none", "users"), "users" if t.has("users") else "none")
     users = tuple(_web_user(u) for u in t.tables("users") or [])
     t.done()
     r = t.report
@@ -718,3 +806,90 @@ def _reaches_nginx(host: str, nginx: NginxConfig) -> bool:
         except ValueError:
             return host == nginx.server_name
     return ipaddress.ip_address(nginx.bind).is_unspecified or nginx.bind in addresses
+
+
+# ---- [provision] ------------------------------------------------------------------------------
+
+
+def _provision(t: cs.Table, platform: str, prefix: str) -> ProvisionConfig:
+    twenty: tuple[int | None, int | None] = (None, RESERVATION_PERCENT)
+    reservation = t.get("reservation", cs.size_or_percent(1, 50), twenty)
+    freebsd_keys = (
+        *("network_mode", "external_interface", "network", "host_address", "gateway"),
+        *("master_jail", "master_address", "nginx_jail", "nginx_address"),
+    )
+    if not _only(t, platform, "freebsd", *freebsd_keys):
+        t.done()
+        return ProvisionConfig(reservation=reservation[0], reservation_percent=reservation[1])
+    mode = t.get("network_mode", cs.choice(*NETWORK_MODES), "lo1")
+    iface = t.get("external_interface", cs.name_of(cs.INTERFACE), None)
+    vnet = mode == "vnet"
+    network = _provision_network(t, vnet)
+    # lo1: the host, the master and nginx take the network's first three addresses.
+    net = network if t.report.ok("provision.network") else DEFAULT_JAIL_NETWORK
+    defaults = [str(h) for _, h in zip(range(3), ipaddress.IPv4Network(net).hosts(), strict=False)]
+    addresses = {}
+    keys = {
+        "host_address": "this host's IPv4 address on the LAN",
+        "master_address": "the master jail's IPv4 address on the LAN",
+        "nginx_address": "the nginx jail's IPv4 address on the LAN",
+    }
+    for (key, expected), default in zip(keys.items(), defaults, strict=True):
+        if vnet:
+            addresses[key] = t.need(key, cs.ipv4_address, default, expected)
+        else:
+            addresses[key] = t.get(key, cs.ipv4_address, default)
+    gateway = None
+    if vnet:
+        gateway = t.need("gateway", cs.ipv4_address, None, "the LAN's router, e.g. '192.0.2.1'")
+    else:
+        t.forbid("gateway", "is only used with network_mode = 'vnet'; remove it")
+    master = t.get("master_jail", cs.name_of(names.JAIL), f"{prefix}master")
+    nginx = t.get("nginx_jail", cs.name_of(names.JAIL), f"{prefix}nginx")
+    t.done()
+    config = ProvisionConfig(
+        mode, iface, network, addresses["host_address"], gateway, master,
+        addresses["master_address"], nginx, addresses["nginx_address"], *reservation,
+    )  # fmt: skip
+    _provision_checks(t.report, config, prefix)
+    return config
+
+
+def _provision_network(t: cs.Table, vnet: bool) -> str:
+    if vnet:
+        expected = "the LAN the jails join, e.g. '192.0.2.0/24'"
+        return t.need("network", cs.ipv4_network, DEFAULT_JAIL_NETWORK, expected)
+    return t.get("network", cs.ipv4_network, DEFAULT_JAIL_NETWORK)
+
+
+def _provision_checks(report: cs.Report, p: ProvisionConfig, prefix: str) -> None:
+    """Addresses inside the network and distinct; jail names distinct and not a worker's."""
+    keys = ("host_address", "master_address", "nginx_address", "gateway")
+    if report.ok("provision.network"):
+        net = ipaddress.IPv4Network(p.network)
+        seen: dict[str, str] = {}
+        for key in keys:
+            value = getattr(p, key)
+            if value is None or not report.ok(f"provision.{key}"):
+                continue
+            address = ipaddress.IPv4Address(value)
+            if address not in net or address in (net.network_address, net.broadcast_address):
+                report.add(
+                    f"provision.{key}",
+                    f"{value!r} is not a host address in provision.network ({p.network}); "
+                    "expected one inside it",
+                )
+            elif value in seen and key != "gateway":
+                report.add(f"provision.{key}", f"{value!r} is also provision.{seen[value]}")
+            seen.setdefault(value, key)
+    for key in ("master_jail", "nginx_jail"):
+        name = getattr(p, key)
+        if not report.ok(f"provision.{key}"):
+            continue
+        if name.startswith(f"{prefix}w") and name[len(prefix) + 1 :].isdigit():
+            report.add(f"provision.{key}", f"{name!r} is a worker jail's name; expected another")
+        elif p.network_mode == "vnet" and "-" in name:
+            why = "jib(8) names epairs after the jail and accepts only letters, digits and '_'"
+            report.add(f"provision.{key}", f"{name!r} has a '-' ({why}); expected e.g. 'jfmaster'")
+    if report.ok("provision.master_jail", "provision.nginx_jail") and p.master_jail == p.nginx_jail:
+        report.add("provision.nginx_jail", f"{p.nginx_jail!r} is also provision.master_jail")

@@ -463,3 +463,58 @@ def verify_password(password: str, encoded: str) -> bool:
     if not m:
         return False
     return hmac.compare_digest(hash_password(password, m[2], int(m[1])), encoded)
+
+
+NIGHTLY_TEXT = "a time of day 'HH:MM' (24-hour, the master's local time), or '' for none"
+nightly_time = matching(re.compile(r"(?:[01][0-9]|2[0-3]):[0-5][0-9]|"), NIGHTLY_TEXT)
+
+
+# ---- [provision] (jailfarm provision on FreeBSD) ----------------------------------------------
+
+# An interface name fits IFNAMSIZ (16 with the NUL); ifconfig(8) names are a letter, then
+# letters, digits, '_' or '.' (vlan units such as em0.100).
+INTERFACE = names.NameRule(
+    "interface",
+    re.compile(r"[a-z][a-z0-9_.]*"),
+    15,
+    "an interface name such as 'em0' or 'igb1' (lowercase letters, digits, '_' or '.')",
+)
+
+
+def ipv4_address(value: object) -> str:
+    """An IPv4 address (jail addresses: ip4.addr, rc.conf ifconfig_*)."""
+    try:
+        return str(ipaddress.IPv4Address(text(value)))
+    except ValueError:
+        expected = "expected e.g. '10.87.0.2'"
+        raise ValueError(f"{show(value)} is not an IPv4 address; {expected}") from None
+
+
+def ipv4_network(value: object) -> str:
+    """An IPv4 network in CIDR form with the host bits zero, /8 to /29 (room for the host,
+    the master and nginx)."""
+    expected = "an IPv4 network such as '10.87.0.0/24' (/8 to /29, host bits zero)"
+    try:
+        net = ipaddress.IPv4Network(text(value), strict=True)
+    except ValueError:
+        raise ValueError(f"{show(value)} is not valid; expected {expected}") from None
+    if not 8 <= net.prefixlen <= 29 or "/" not in str(value):
+        raise ValueError(f"{show(value)} is not valid; expected {expected}")
+    return str(net)
+
+
+def size_or_percent(lo: int, hi: int) -> Conv[tuple[int | None, int | None]]:
+    """A size (bytes, "40G") or a share of the pool ("20%", lo..hi): (bytes, None) or
+    (None, percent)."""
+
+    def conv(value: object) -> tuple[int | None, int | None]:
+        if isinstance(value, str) and value.strip().endswith("%"):
+            number = value.strip()[:-1]
+            if not number.isdigit() or not lo <= int(number) <= hi:
+                raise ValueError(
+                    f"{show(value)} is not a share of the pool; expected '{lo}%' to '{hi}%'"
+                )
+            return None, int(number)
+        return size()(value), None
+
+    return conv

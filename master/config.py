@@ -7,13 +7,22 @@ setting comes from the farm file copied next to it, so what a master runs is rep
 from __future__ import annotations
 
 import os
+import re
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
 from buildbot.plugins import schedulers, steps, util
 
 from jailfarm.config import FarmConfig, PortSet, PortsTree, PoudriereJail, load_farm
-from jailfarm.master.steps import PoudriereBulk, PublishRepository, bulk_passed
+from jailfarm.master import changes
+from jailfarm.master.steps import (
+    PoudriereBulk,
+    PoudriereTestport,
+    PublishRepository,
+    bulk_passed,
+)
+from jailfarm.master.www import www_config
 from jailfarm.poudriere.commands import PRIVILEGE, Target
 from jailfarm.poudriere.conf import (
     WORKER_ETC,
@@ -64,25 +73,58 @@ def bulk_builder_name(jail: PoudriereJail, tree: PortsTree, pset: PortSet) -> st
 def bulk_factory(
     cfg: FarmConfig, jail: PoudriereJail, tree: PortsTree, pset: PortSet, farm_toml: str
 ) -> util.BuildFactory:
-    """Check the ports tree out at the pushed commit; on the dev host, write poudriere's
-    configuration (poudriere.conf, each set's make.conf and list) and register the jail and the
-    tree; then bulk the set's packages (every port when it lists none)."""
+    """Check the ports tree out at the pushed commit and plan what to rebuild (changes.py:
+    the changed ports and their dependents, or every port); on the dev host, write
+    poudriere's configuration (poudriere.conf, each set's make.conf and list) and register the
+    jail and the tree; then bulk the planned ports. A plan with nothing to build ends the
+    build before the jail and tree are set up."""
     program = poudriere_program(cfg)
-    conf, privilege = poudriere_layout(cfg)
-    poudriere = [*privilege, program, "-e", WORKER_ETC]
+    _, privilege = poudriere_layout(cfg)
     factory = util.BuildFactory()
+    factory.addStep(_checkout(tree))
+    factory.addSteps(changes.plan_steps(cfg, tree, scope=pset.packages))
+    _poudriere_setup(factory, cfg, jail, tree)
     factory.addStep(
-        steps.Git(
-            name="ports-tree",
-            repourl=tree.url,
-            branch=tree.branch,
-            mode="full",
-            method="clobber",
-            workdir="ports",
-            logEnviron=False,
-            haltOnFailure=True,
+        PoudriereBulk(
+            jail=jail.name,
+            tree=tree.name,
+            set_name=pset.name,
+            etcdir=WORKER_ETC,
+            data_dir=worker_data(cfg.platform),
+            poudriere=program,
+            privilege=privilege,
+            builders=cfg.workers.builders,
+            # PlanPorts sets one of them: the list file it wrote, or every port.
+            list_files=util.Property("plan_list_file", default=[]),
+            all_ports=util.Property("plan_bulk_all", default=False),
+            on_port_failure=cfg.on_port_failure,
+            buildname_prefix=cfg.prefix,
+            log_url=logs_url(cfg),
         )
     )
+    add_publish_steps(factory, cfg, Target(jail.name, tree.name, pset.name), farm_toml)
+    return factory
+
+
+def _checkout(tree: PortsTree) -> Any:
+    # A full clone: the planner diffs the pushed range in it.
+    return steps.Git(
+        name="ports-tree",
+        repourl=tree.url,
+        branch=tree.branch,
+        mode="full",
+        method="clobber",
+        workdir="ports",
+        logEnviron=False,
+        haltOnFailure=True,
+    )
+
+
+def _poudriere_setup(
+    factory: util.BuildFactory, cfg: FarmConfig, jail: PoudriereJail, tree: PortsTree
+) -> None:
+    conf, privilege = poudriere_layout(cfg)
+    poudriere = [*privilege, poudriere_program(cfg), "-e", WORKER_ETC]
     for etc in etc_files(cfg, conf):
         factory.addStep(
             steps.StringDownload(
@@ -123,25 +165,42 @@ def bulk_factory(
             ],
         )
     )
-    factory.addStep(
-        PoudriereBulk(
-            jail=jail.name,
-            tree=tree.name,
-            set_name=pset.name,
-            etcdir=WORKER_ETC,
-            data_dir=worker_data(cfg.platform),
-            poudriere=program,
-            privilege=privilege,
-            builders=cfg.workers.builders,
-            origins=list(pset.packages),
-            all_ports=not pset.packages,
-            on_port_failure=cfg.on_port_failure,
-            buildname_prefix=cfg.prefix,
-            log_url=logs_url(cfg),
-        )
-    )
-    add_publish_steps(factory, cfg, Target(jail.name, tree.name, pset.name), farm_toml)
+
+
+def testport_builder_name(jail: PoudriereJail, tree: PortsTree) -> str:
+    return f"testport-{jail.name}-{tree.name}"
+
+
+def testport_factory(cfg: FarmConfig, jail: PoudriereJail, tree: PortsTree) -> util.BuildFactory:
+    """After a push, `poudriere testport` of each changed port (the default set): checkout,
+    plan (changed ports only), setup, then one testport step per port, added by the plan.
+    Its dependencies go to the MASTERNAME's repository like a bulk's (poudriere.md §1.4); the
+    tested packages are never published."""
+    factory = util.BuildFactory()
+    factory.addStep(_checkout(tree))
+    factory.addSteps(changes.plan_steps(cfg, tree, testport=partial(_testport, cfg, jail, tree)))
+    _poudriere_setup(factory, cfg, jail, tree)
     return factory
+
+
+def _testport(cfg: FarmConfig, jail: PoudriereJail, tree: PortsTree, origin: str) -> Any:
+    _, privilege = poudriere_layout(cfg)
+    slug = re.sub(r"[^A-Za-z0-9_-]", "_", origin)
+    return PoudriereTestport(
+        name=f"testport-{slug}",
+        origin=origin,
+        jail=jail.name,
+        tree=tree.name,
+        set_name="default",
+        etcdir=WORKER_ETC,
+        data_dir=worker_data(cfg.platform),
+        poudriere=poudriere_program(cfg),
+        privilege=privilege,
+        builders=cfg.workers.builders,
+        on_port_failure=cfg.on_port_failure,
+        # Not the bulk builder's jf-N-1 on the same MASTERNAME: a reused name resumes (§1.3).
+        buildname=util.Interpolate(f"{cfg.prefix}-t%(prop:buildnumber)s-{slug}"),
+    )
 
 
 def logs_url(cfg: FarmConfig) -> str | None:
@@ -226,17 +285,48 @@ def build_config(cfg: FarmConfig, farm_toml: str) -> dict[str, Any]:
     names = [w.name for w in workers]
     # One bulk per MASTERNAME at a time (poudriere refuses a second one, §7): its packages
     # live in the jail host's packages dataset, shared by the worker jails.
+    # One lock object per MASTERNAME (buildbot refuses two locks of one name): a bulk and a
+    # testport on the same jail, tree and set take the same one.
+    locks: dict[str, Any] = {}
+
+    def lock(name: str) -> Any:
+        return locks.setdefault(name, util.MasterLock(name)).access("exclusive")
+
     bulks = [
         util.BuilderConfig(
             name=bulk_builder_name(j, t, s),
             workernames=names,
             factory=bulk_factory(cfg, j, t, s, farm_toml),
             collapseRequests=False,
-            locks=[util.MasterLock(bulk_builder_name(j, t, s)).access("exclusive")],
+            locks=[lock(bulk_builder_name(j, t, s))],
         )
         for j in cfg.poudriere_jails
         for t in cfg.trees
         for s in cfg.sets
+    ]
+    default = next(s for s in cfg.sets if s.name == "default")
+    testports = [
+        util.BuilderConfig(
+            name=testport_builder_name(j, t),
+            workernames=names,
+            factory=testport_factory(cfg, j, t),
+            collapseRequests=False,
+            locks=[lock(bulk_builder_name(j, t, default))],
+        )
+        for j in cfg.poudriere_jails
+        for t in cfg.trees
+        if t.testport
+    ]
+    refs = [
+        changes.BuilderRef(bulk_builder_name(j, t, s), "bulk", j.name, t.name, s.name)
+        for j in cfg.poudriere_jails
+        for t in cfg.trees
+        for s in cfg.sets
+    ] + [
+        changes.BuilderRef(testport_builder_name(j, t), "testport", j.name, t.name, "default")
+        for j in cfg.poudriere_jails
+        for t in cfg.trees
+        if t.testport
     ]
     return {
         "title": f"jailfarm {cfg.name}",
@@ -247,10 +337,7 @@ def build_config(cfg: FarmConfig, farm_toml: str) -> dict[str, Any]:
         "protocols": {
             "pb": {"port": f"tcp:{cfg.workers.pb_port}:interface={_escaped(master_address)}"}
         },
-        "www": {
-            "port": f"tcp:{cfg.web.port}:interface={_escaped(bind)}",
-            "plugins": {"waterfall_view": {}, "console_view": {}, "grid_view": {}},
-        },
+        "www": www_config(cfg, farm_toml, hooks=changes.www_hooks(cfg)),
         "workers": workers,
         "builders": [
             util.BuilderConfig(
@@ -260,11 +347,14 @@ def build_config(cfg: FarmConfig, farm_toml: str) -> dict[str, Any]:
                 collapseRequests=False,
             ),
             *bulks,
+            *testports,
         ],
         "schedulers": [
             schedulers.ForceScheduler(name="force", builderNames=[JAIL_CHECK]),
             schedulers.ForceScheduler(name="force-bulk", builderNames=[b.name for b in bulks]),
+            *changes.schedulers(cfg, refs),
         ],
+        "change_source": changes.change_sources(cfg),
         "services": [ReaperService(farm_toml)],
         # Fan-out per ABI must never merge requests that differ only in properties
         # (buildbot-spec 4, "collapseRequests=False is required").

@@ -412,23 +412,25 @@ class _PoudriereStep(buildstep.ShellMixin, buildstep.BuildStep):  # type: ignore
 
 class PoudriereBulk(_PoudriereStep):
     """`poudriere bulk` over `origins` (list or renderable), `list_files` (absolute paths on
-    the worker) or every port (`all_ports`). Ports that fail beyond `policy` make the step
-    FAILURE or WARNINGS (`on_port_failure`); poudriere errors make it FAILURE."""
+    the worker) or every port (`all_ports`, a bool or renderable). Ports that fail beyond
+    `policy` make the step FAILURE or WARNINGS (`on_port_failure`); poudriere errors make it
+    FAILURE."""
 
     name = "poudriere-bulk"
     kind = "bulk"
-    renderables = ("origins", "list_files")
+    renderables = ("origins", "list_files", "all_ports")
 
     def __init__(
         self,
         *,
         origins: Any = (),
         list_files: Any = (),
-        all_ports: bool = False,
+        all_ports: Any = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if all_ports and (origins or list_files):
+        # Renderables are checked when rendered, by bulk_cmd (exactly one port source).
+        if all_ports is True and (origins or list_files):
             config.error("bulk: all_ports cannot be combined with origins or list_files")
         self.origins, self.list_files, self.all_ports = origins, list_files, all_ports
 
@@ -439,7 +441,7 @@ class PoudriereBulk(_PoudriereStep):
             options,
             origins=_strings(self.origins),
             list_files=_strings(self.list_files),
-            all_ports=self.all_ports,
+            all_ports=bool(self.all_ports),
         )
 
     def decide(self, result: BulkResult, rc: int | None) -> Verdict:

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from jailfarm.errors import InvalidName
+from jailfarm.poudriere.genbuild import pkg_repo_cmd
 from jailfarm.poudriere.generations import (
     Change,
     GenerationError,
@@ -30,7 +31,6 @@ from jailfarm.poudriere.generations import (
     rollback,
 )
 from jailfarm.poudriere.pkgfile import PackageMeta, write_package
-from jailfarm.poudriere.genbuild import pkg_repo_cmd
 from jailfarm.poudriere.pkgrepo import unpack_catalogue, write_repository
 from jailfarm.poudriere.pkgsign import (
     CommandSigner,

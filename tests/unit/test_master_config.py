@@ -165,7 +165,7 @@ class BuilderAndSchedulerTests:
     def test_requests_are_never_collapsed(self) -> None:
         c = config()
         assert c["collapseRequests"] is False
-        assert [b.collapseRequests for b in c["builders"]] == [False, False]
+        assert [b.collapseRequests for b in c["builders"]] == [False, False, False]
 
     def test_jail_check_builder_runs_on_every_worker(self) -> None:
         builder = config()["builders"][0]
@@ -190,6 +190,11 @@ class BuilderAndSchedulerTests:
         # This farm's default set has no make.conf settings: only poudriere.conf is written.
         assert names == [
             "ports-tree",
+            "planner-planner",
+            "planner-plancli",
+            "planner-index",
+            "plan",
+            "planner-index-keep",
             "etc-poudriere-conf",
             "poudriere-setup",
             "poudriere-bulk",
@@ -198,20 +203,24 @@ class BuilderAndSchedulerTests:
             "publish",
             "remove-upload",
         ]
-        bulk = builder.factory.steps[3]
-        assert bulk.kwargs["jail"] == "141amd64" and bulk.kwargs["all_ports"] is True
+        steps = dict(zip(names, builder.factory.steps, strict=True))
+        bulk = steps["poudriere-bulk"]
+        # The plan step decides: every port, or the list file it wrote (master/changes.py).
+        assert bulk.kwargs["jail"] == "141amd64"
+        assert bulk.kwargs["all_ports"].key == "plan_bulk_all"
+        assert bulk.kwargs["list_files"].key == "plan_list_file"
         # One bulk per MASTERNAME at a time: its packages are shared by the worker jails.
         (lock,) = builder.locks
         assert (lock.lockid.name, lock.mode) == ("bulk-141amd64-default", "exclusive")
         assert bulk.kwargs["poudriere"] == "poudriere"  # from the worker's PATH
         # Failed ports link to their logs as nginx serves them, next to the web UI.
         assert bulk.kwargs["log_url"] == "http://localhost:8080/data"
-        publish = builder.factory.steps[6].buildStep()
+        publish = steps["publish"].buildStep()
         command = publish.command
         assert command[1:6] == ["repo", "publish", "-c", FARM_TOML, "141amd64-default-default"]
         assert command[0].endswith("/jailfarm")
         # Logs go up even after a failed bulk; packages only after a passing one.
-        upload_logs, upload_packages = builder.factory.steps[4:6]
+        upload_logs, upload_packages = steps["upload-logs"], steps["upload-packages"]
         assert upload_logs.kwargs["alwaysRun"] is True
         assert upload_packages.kwargs.get("alwaysRun") is not True
         assert upload_packages.kwargs["workersrc"] == (
@@ -267,7 +276,14 @@ class BuildbotAcceptsTests:
         master = MasterConfig.loadFromDict(config(), "master.cfg")
         assert [w.name for w in master.workers] == ["jfw1", "jfw2", "jfw3"]
         assert list(master.builders[0].workernames) == ["jfw1", "jfw2", "jfw3"]
-        assert set(master.schedulers) == {"force", "force-bulk"}
+        assert set(master.schedulers) == {
+            "force",
+            "force-bulk",
+            "push-default",
+            "push-default-testport",
+            "nightly-default",
+            "rebuild",
+        }
         assert set(master.services) == {"jailfarm-reaper"}
         assert master.protocols == {"pb": {"port": "tcp:9990:interface=10.0.0.1"}}
         assert master.db.db_url == PG_URL
