@@ -14,7 +14,7 @@ from twisted.internet import defer, task
 from jailfarm import plancli, repocli
 from jailfarm.config import FarmConfig, load_farm
 from jailfarm.errors import ConfigError, FarmError
-from jailfarm.provision import consumer
+from jailfarm.provision import consumer, provcli
 from jailfarm.runner import LocalRunner
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     repocli.register(sub)
     plancli.register(sub)
     consumer.register(sub)
+    provcli.register(sub)
     commands = {
         "doctor": "check this host's requirements",
         "smoke": "one worker-jail cycle: clone, jail, exec, teardown",
@@ -133,6 +134,7 @@ ASYNC: dict[str, Callable[[FarmConfig, argparse.Namespace], Coroutine[Any, Any, 
     "template": _template,
     "reap": _reap,
     **dict.fromkeys(consumer.COMMANDS, consumer.run),
+    **dict.fromkeys(provcli.COMMANDS, provcli.run),
 }
 
 

@@ -223,7 +223,7 @@ async def _fill_freebsd(platform: HostPlatform, cfg: FarmConfig, mountpoint: str
         cfg.template.packages,
         f"{cfg.state_dir}/cache/dist",
         render_poudriere_conf(worker_conf(cfg)),
-        [(j.name, j.version, j.arch) for j in cfg.poudriere_jails],
+        [(j.name, j.version, j.poudriere_arch) for j in cfg.poudriere_jails],
     )
     clean = secret_clean_cmd(mountpoint)
     try:

@@ -463,7 +463,7 @@ class OperationTests(SynchronousTestCase):
             cfg.template.packages,
             "/var/db/jailfarm/cache/dist",
             render_poudriere_conf(worker_conf(cfg)),
-            [(j.name, j.version, j.arch) for j in cfg.poudriere_jails],
+            [(j.name, j.version, j.poudriere_arch) for j in cfg.poudriere_jails],
         ):
             failing = fail_at is not None and cmd.argv[:2] == tuple(fail_at.split())
             out = f"{MNT}/etc/ssh/ssh_host_rsa_key\n" if cmd.argv[-1] == "-delete" else ""
