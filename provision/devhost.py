@@ -1,9 +1,10 @@
 """`jailfarm up | down | status` on the Linux development host (adapter).
 
-`up` brings the whole farm up on this machine and runs a first build on a jail worker: the
-zfs-fuse daemon, the file-backed pool, the worker template, a Buildbot master (basedir
-`<state_dir>/master`, running the farm.toml copied next to its master.cfg) with its web UI,
-the repository signing key and nginx in front of it all.
+`up` is `jailfarm provision apply` plus a first build: it applies the plan of
+`linuxdev.plan_linuxdev` (the zfs-fuse daemon, the file-backed pool, the worker template, a
+Buildbot master in `<state_dir>/master` running a copy of farm.toml, the repository signing
+key and nginx in front of it all) until a new plan is empty, waits for the master's API, then
+forces a bulk on a jail worker.
 What `up` created is recorded in `<state_dir>/up.json`, so `down` removes exactly that and
 stops only the processes `up` started (by their PIDs).
 """
@@ -15,7 +16,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import treq
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet import task
 
 from jailfarm.cmd import Cmd
@@ -34,17 +32,17 @@ from jailfarm.host.platform import host_platforms, make_platform
 from jailfarm.host.zfs import Zfs
 from jailfarm.master.config import bulk_builder_name
 from jailfarm.poudriere.commands import Target
-from jailfarm.poudriere.pkgsign import public_key_pem
+from jailfarm.provision import linuxdev
+from jailfarm.provision.linuxdev import public_key_file
 from jailfarm.provision.nginx import NginxProcess, site_from_config
 from jailfarm.workers import layout
 from jailfarm.workers.reaper import reap_command
-from jailfarm.workers.template import current_snapshot, template_command
-from jailfarm.workers.workerplan import local_tree_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from jailfarm.config import FarmConfig
+    from jailfarm.provision.plan import Step
     from jailfarm.runner import Runner
 
     Say = Callable[[str], None]
@@ -65,6 +63,26 @@ class UpState:
     signing_key: str | None = None
     nginx_prefix: str | None = None
 
+    def record(self, step: Step) -> None:
+        """Note what `step` (of `linuxdev.plan_linuxdev`) is about to create."""
+        kind = step.name.split("-")[0]
+        if step.name == "zfs-fuse":
+            self.daemon_pidfile = step.creates[0]
+        elif step.name == "pool":
+            self.pool_created = True
+        elif step.name == "datasets":
+            self.root_created = self.root_created or bool(step.creates)
+        elif step.name.startswith("ports-tree-"):
+            self.seeded_trees += [p for p in step.creates if p not in self.seeded_trees]
+        elif step.name == "repository-directories":
+            self.made_dirs += [p for p in step.creates if p not in self.made_dirs]
+        elif step.name == "signing-key" and step.creates:
+            self.signing_key = step.creates[0]
+        elif kind == "master" and step.creates:
+            self.master_dir = step.creates[0]
+        elif kind == "nginx" and step.creates:
+            self.nginx_prefix = step.creates[0]
+
     @classmethod
     def load(cls, path: Path) -> UpState:
         try:
@@ -84,11 +102,6 @@ def _remove_if_empty(directory: Path) -> None:
         directory.rmdir()
     except OSError:  # not empty (someone else's files) or already gone: leave it
         pass
-
-
-def public_key_file(key_file: str) -> str:
-    """The public half of a signing key: `repo.key` -> `repo.pub`, next to it."""
-    return os.path.splitext(key_file)[0] + ".pub"
 
 
 def _bin(name: str) -> str:
@@ -130,14 +143,47 @@ class DevHost:
 
     # ------------------------------------------------------------------ up
 
-    async def up(self, first_build: bool = True) -> int:
+    def context(self) -> linuxdev.Context:
+        """This installation's side of the plan: farm.toml, the master.cfg to run, where the
+        buildbot and jailfarm scripts are, the demo tree."""
+        return linuxdev.Context(
+            farm_toml_path=self.farm_toml,
+            farm_toml=Path(self.farm_toml).read_text(),
+            master_cfg=self.master_cfg,
+            bin_dir=os.path.dirname(sys.executable),
+            ids=f"{os.getuid()}:{os.getgid()}",
+            demo_tree=str(DEMO_TREE) if DEMO_TREE.is_dir() else None,
+        )
+
+    async def apply(self) -> int:
+        """Bring this host to what farm.toml describes with the provisioning model
+        (`linuxdev.plan_linuxdev`), recording in up.json what each step creates before it
+        runs, so `down` removes it even after a failure half-way; the number of steps run."""
         state = UpState.load(self.state_path)
-        await self._storage(state)
-        await self._template()
-        await self._ports_trees(state)
-        await self._repository(state)
-        await self._master(state)
-        await self._web(state)
+
+        def record(step: Step) -> None:
+            state.record(step)
+            state.save(self.state_path)
+
+        return await linuxdev.converge(
+            self.cfg, self.context(), self.runner, self.say, before_step=record
+        )
+
+    async def up(self, first_build: bool = True) -> int:
+        t = time.monotonic()
+        started = await self.apply()
+        await self._wait_api()
+        pid = self._master_pid()
+        self.say(
+            f"master {'up' if started else 'already running'} (pid {pid}) in "
+            f"{time.monotonic() - t:.1f} s; web UI on http://{self.cfg.web.bind}:"
+            f"{self.cfg.web.port}/ (public URL {self.cfg.web.url})"
+        )
+        nginx = self._nginx()
+        self.say(
+            f"nginx (pid {nginx.running_pid()}) on {nginx.site.url}: /buildbot/ (web UI), "
+            "/packages/ (signed repositories), /data/ (bulk logs)"
+        )
         if not first_build:
             return 0
         if self.cfg.web.auth == "users":
@@ -150,136 +196,14 @@ class DevHost:
             return 0
         return await self._first_build()
 
-    async def _repository(self, state: UpState) -> None:
-        """Where generations and bulk logs go, and the signing key (made once, 0600, with its
-        public half next to it for consumers and `jailfarm repo verify`)."""
-        cfg = self.cfg
-        for d in (cfg.publish.root, cfg.publish.logs, os.path.join(cfg.state_dir, "incoming")):
-            top = Path(d)
-            while not top.parent.exists():  # the first directory `makedirs` will create
-                top = top.parent
-            if not os.path.isdir(d):
-                os.makedirs(d)
-                state.made_dirs.append(str(top))
-        key = cfg.signing.key_file
-        if key and not os.path.exists(key):
-            os.makedirs(os.path.dirname(key), mode=0o700, exist_ok=True)
-            private = rsa.generate_private_key(public_exponent=65537, key_size=4096)
-            pem = private.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.TraditionalOpenSSL,
-                serialization.NoEncryption(),
-            )
-            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(pem)
-            Path(public_key_file(key)).write_bytes(public_key_pem(pem))
-            state.signing_key = key
-            self.say(f"made the repository signing key {key} (public key {public_key_file(key)})")
-        state.save(self.state_path)
-
     def _nginx(self) -> NginxProcess:
         return NginxProcess(self.runner, site_from_config(self.cfg), self.clock)
 
-    async def _web(self, state: UpState) -> None:
-        nginx = self._nginx()
-        state.nginx_prefix = nginx.site.prefix
-        state.save(self.state_path)
-        pid = await nginx.ensure_running()
-        self.say(
-            f"nginx (pid {pid}) on {nginx.site.url}: /buildbot/ (web UI), /packages/ "
-            "(signed repositories), /data/ (bulk logs)"
-        )
-
-    async def _storage(self, state: UpState) -> None:
-        cfg = self.cfg
-        daemon = zfsfuse.ZfsFuse(
-            self.runner, Path(self.platform.run_dir) / "zfs-fuse.pid", self.clock
-        )
-        await daemon.ensure_running()
-        if daemon.started:
-            state.daemon_pidfile = str(daemon.pidfile)
-            state.save(self.state_path)
-            self.say(f"started the zfs-fuse daemon (pid file {daemon.pidfile})")
-        image = Path(cfg.zfs.pool_file or os.path.join(cfg.state_dir, "pool.img"))
-        if await zfsfuse.ensure_pool(
-            self.runner,
-            cfg.zfs.pool,
-            image,
-            cfg.zfs.pool_size or (4 << 30),
-            cfg.zfs.mountpoint or "/jf",
-        ):
-            state.pool_created = True
-            state.save(self.state_path)
-            self.say(f"created pool {cfg.zfs.pool} on {image}")
-        else:
-            self.say(f"pool {cfg.zfs.pool} is imported")
-        if not await self.platform.zfs.exists(cfg.zfs.root):
-            await self.platform.zfs.create(cfg.zfs.root, parents=True)
-            state.root_created = True
-            state.save(self.state_path)
-        if not await self.platform.zfs.exists(layout.jails_dataset(cfg)):
-            await self.platform.zfs.create(layout.jails_dataset(cfg), parents=True)
-
-    async def _template(self) -> None:
-        try:
-            snap = await current_snapshot(self.platform.zfs, self.cfg)
-            self.say(f"worker template: {snap}")
-        except FarmError:
-            rc = await template_command(self.cfg, self.runner, "build", None, self.say)
-            if rc:
-                raise FarmError("building the worker template failed (see above)") from None
-
-    async def _master(self, state: UpState) -> None:
-        basedir = self.master_dir
-        if self._master_pid() is not None:
-            self.say(f"master already running (pid {self._master_pid()}) in {basedir}")
-            return
-        # A master killed with SIGKILL leaves its pid file; buildbot refuses to start over it.
-        (basedir / "twistd.pid").unlink(missing_ok=True)
-        if not (basedir / "buildbot.tac").exists():
-            (
-                await self.runner.run(
-                    Cmd(
-                        (
-                            _bin("buildbot"),
-                            "create-master",
-                            "--quiet",
-                            "--relocatable",
-                            str(basedir),
-                        ),
-                        timeout=300,
-                    )
-                )
-            ).check()
-        state.master_dir = str(basedir)
-        state.save(self.state_path)
-        # twistd would daemonize the master with umask 077; the bulk logs it receives and the
-        # repository generations it publishes are served by nginx's unprivileged workers.
-        tac = basedir / "buildbot.tac"
-        tac.write_text(tac.read_text().replace("umask = None", "umask = 0o022"))
-        (basedir / "master.cfg").write_text(self.master_cfg)
-        shutil.copyfile(self.farm_toml, basedir / "farm.toml")
-        (
-            await self.runner.run(
-                Cmd((_bin("buildbot"), "upgrade-master", str(basedir)), timeout=300)
-            )
-        ).check()
-        t = time.monotonic()
-        start = await self.runner.run(Cmd((_bin("buildbot"), "start", str(basedir)), timeout=120))
-        if not start.ok:
-            log = (
-                (basedir / "twistd.log").read_text(errors="replace")[-3000:]
-                if (basedir / "twistd.log").exists()
-                else ""
-            )
-            raise FarmError(f"the master did not start: {start.out.strip()}\n{log}")
+    async def _master(self, state: UpState | None = None) -> None:
+        """Start the master again if it is not running (the rest of the host is checked too,
+        and only what is missing is done), then wait for its API."""
+        await self.apply()
         await self._wait_api()
-        self.say(
-            f"master started in {time.monotonic() - t:.1f} s (pid {self._master_pid()}); "
-            f"web UI on http://{self.cfg.web.bind}:{self.cfg.web.port}/ "
-            f"(public URL {self.cfg.web.url})"
-        )
 
     def _master_pid(self) -> int | None:
         try:
@@ -313,7 +237,11 @@ class DevHost:
                 return
             except Exception as e:
                 if time.monotonic() > deadline:
-                    raise FarmError(f"the master's API at {self.api} does not answer: {e}") from e
+                    log = self.master_dir / "twistd.log"
+                    tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+                    raise FarmError(
+                        f"the master's API at {self.api} does not answer: {e}\n{tail}"
+                    ) from e
             await task.deferLater(self.clock, 0.3, lambda: None)
 
     async def force(
@@ -397,52 +325,6 @@ class DevHost:
             self.say(f"  {line}")
         self.say(f"repository {repo}: {url} " + ("verified" if result.ok else "NOT verified"))
         return result.ok
-
-    async def _ports_trees(self, state: UpState) -> None:
-        """Make each ports tree whose URL is a missing local repository from the demo tree
-        shipped in examples/ports (the demo farm's `file://<state_dir>/src/ports.git`)."""
-        for tree in self.cfg.trees:
-            path = local_tree_path(tree.url)
-            if path is None or Path(path).exists():
-                continue
-            if not DEMO_TREE.is_dir():
-                raise FarmError(
-                    f"ports tree {tree.name}: {path} does not exist, and there is no "
-                    f"demo tree at {DEMO_TREE} to make it from"
-                )
-            await self._seed(Path(path), tree.branch)
-            state.seeded_trees.append(path)
-            state.save(self.state_path)
-            self.say(f"ports tree {tree.name}: made {path} (branch {tree.branch}) from {DEMO_TREE}")
-
-    async def _seed(self, repo: Path, branch: str) -> None:
-        work = Path(tempfile.mkdtemp(prefix="jf-seed-"))
-        try:
-            shutil.copytree(
-                DEMO_TREE,
-                work / "ports",
-                ignore=shutil.ignore_patterns("work", "distfiles", "__pycache__"),
-            )
-            git = (
-                "git",
-                "-C",
-                str(work / "ports"),
-                "-c",
-                "user.name=jailfarm",
-                "-c",
-                "user.email=jailfarm@jailfarm.invalid",
-            )
-            repo.parent.mkdir(parents=True, exist_ok=True)
-            for cmd in (
-                ("git", "init", "-q", "--bare", f"--initial-branch={branch}", str(repo)),
-                ("git", "init", "-q", f"--initial-branch={branch}", str(work / "ports")),
-                (*git, "add", "-A"),
-                (*git, "commit", "-q", "-m", "The jailfarm demo ports tree"),
-                (*git, "push", "-q", str(repo), f"HEAD:refs/heads/{branch}"),
-            ):
-                (await self.runner.run(Cmd(cmd, timeout=120))).check()
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
     # ------------------------------------------------------------------ status
 

@@ -28,7 +28,7 @@ from jailfarm.errors import CommandFailed, FarmError, ParseError
 from jailfarm.host.jailconf import check_path
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
     from jailfarm.runner import Runner
 
@@ -89,10 +89,23 @@ class FileWrite:
 
 
 @dataclass(frozen=True)
+class Action:
+    """A part of a step that is not one command: the Linux development host starts daemons
+    and waits until they answer, and copies trees with file operations. `text` is what the
+    plan prints; `run(runner, say)` does it, raising `FarmError` on failure. Planners stay
+    pure: they only name the function, the adapter's engine calls it."""
+
+    text: str
+    run: Callable[[Runner, Say], Awaitable[None]] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class Step:
     """One change to the host. `check` says what the facts showed (why the step is needed),
-    `why` cites the spec. Applying writes `files` first, then runs `commands` in order; each
-    must succeed. `destructive` steps replace or empty something jailfarm did not create."""
+    `why` cites the spec. Applying writes `files` first, then runs `commands` in order, then
+    `actions`; each must succeed. `destructive` steps replace or empty something jailfarm did
+    not create. `creates` names what the step makes that is jailfarm's afterwards (paths,
+    datasets), for an adapter that records what to remove later."""
 
     name: str
     why: str
@@ -100,9 +113,11 @@ class Step:
     commands: tuple[Cmd, ...] = ()
     files: tuple[FileWrite, ...] = ()
     destructive: bool = False
+    actions: tuple[Action, ...] = ()
+    creates: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.commands and not self.files:
+        if not self.commands and not self.files and not self.actions:
             raise ValueError(f"step {self.name}: nothing to do")
 
 
@@ -217,8 +232,14 @@ def file_text(answer: Answer, path: str) -> str | None:
 
 def stat_cmd(path: str) -> Cmd:
     """BSD stat(1) of the path itself (lstat: a symlink shows as one): uid:gid:mode:type.
-    GNU stat spells this `stat -c %u:%g:%a:%F` (a Linux planner needs its own query)."""
+    GNU stat spells this `stat -c %u:%g:%a:%F` (`gnu_stat_cmd`)."""
     return Cmd(("stat", "-f", "%u:%g:%Lp:%HT", check_path("path", path)))
+
+
+def gnu_stat_cmd(path: str) -> Cmd:
+    """GNU stat(1) (Linux) of the path itself, in `stat_cmd`'s shape; the type is spelt in
+    lower case ("directory", "regular file"), which `Stat` accepts."""
+    return Cmd(("stat", "-c", "%u:%g:%a:%F", check_path("path", path)))
 
 
 @dataclass(frozen=True)
@@ -230,7 +251,7 @@ class Stat:
 
     @property
     def is_dir(self) -> bool:
-        return self.kind == "Directory"
+        return self.kind.lower() == "directory"  # BSD "Directory", GNU "directory"
 
 
 def parse_stat(answer: Answer, path: str) -> Stat | None:
@@ -336,10 +357,19 @@ def write_cmds(write: FileWrite) -> list[Cmd]:
     return cmds
 
 
-async def apply_plan(plan: Plan, runner: Runner, say: Say, *, allow_destroy: bool = False) -> int:
+async def apply_plan(
+    plan: Plan,
+    runner: Runner,
+    say: Say,
+    *,
+    allow_destroy: bool = False,
+    before_step: Callable[[Step], None] | None = None,
+) -> int:
     """Run every step of `plan` in order; the number of steps run. Refuses (`PlanRefused`)
     before running anything if the plan has problems, or destructive steps without
-    `allow_destroy`. A failing command stops the run with an `ApplyError` naming the step."""
+    `allow_destroy`. A failing command or action stops the run with an `ApplyError` naming
+    the step. `before_step` is called just before each step runs (to record what it creates,
+    so a step that fails half-way is still cleaned up)."""
     if plan.problems:
         raise PlanRefused(plan.problems)
     if plan.destructive and not allow_destroy:
@@ -353,12 +383,21 @@ async def apply_plan(plan: Plan, runner: Runner, say: Say, *, allow_destroy: boo
     total = len(plan.steps)
     for n, step in enumerate(plan.steps, 1):
         say(f"[{n}/{total}] {step.name}")
+        if before_step is not None:
+            before_step(step)
         cmds = [c for f in step.files for c in write_cmds(f)] + list(step.commands)
         for cmd in cmds:
             try:
                 (await runner.run(cmd)).check()
             except CommandFailed as e:
                 raise ApplyError(f"step {step.name} failed: {e}") from e
+        for action in step.actions:
+            try:
+                await action.run(runner, say)
+            except ApplyError:
+                raise
+            except FarmError as e:
+                raise ApplyError(f"step {step.name} failed: {action.text}: {e}") from e
     return total
 
 
@@ -397,6 +436,7 @@ def format_step(step: Step, n: int, total: int) -> list[str]:
     for write in step.files:
         lines += [f"  {line}" for line in _file_lines(write)]
     lines += [f"  run: {_command_line(c)}" for c in step.commands]
+    lines += [f"  do: {a.text}" for a in step.actions]
     return lines
 
 

@@ -5,6 +5,10 @@ the plan, applies it and checks that a second plan is empty.
 does not fit (problems). `apply` exits 0 when the host now matches farm.toml, 1 otherwise.
 `--facts FILE` plans against recorded answers instead of this host (for review on another
 machine); `--save-facts FILE` records this host's answers.
+
+On the Linux development host (farm.platform = "linux-dev") the planner is
+`linuxdev.plan_linuxdev`, and `apply` goes through `DevHost.apply`, which records what it
+creates so `jailfarm down` removes it; `jailfarm up` is that apply plus a first build.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jailfarm.errors import FarmError
-from jailfarm.provision import freebsd
+from jailfarm.provision import freebsd, linuxdev
 from jailfarm.provision.plan import Facts, Plan, apply_plan, format_plan, gather
 
 if TYPE_CHECKING:
@@ -38,7 +42,7 @@ EXIT_PROBLEMS = 2
 
 def register(sub: Any) -> None:  # argparse's _SubParsersAction is private API
     """Add `provision plan` and `provision apply` to the `jailfarm` subcommands."""
-    p = sub.add_parser("provision", help="bring this FreeBSD host to what farm.toml describes")
+    p = sub.add_parser("provision", help="bring this host to what farm.toml describes")
     actions = p.add_subparsers(dest="provision_command", required=True)
     plan = actions.add_parser("plan", help="print what apply would change, and why")
     apply = actions.add_parser("apply", help="make the changes the plan lists")
@@ -96,18 +100,53 @@ def recorded_plan(cfg: FarmConfig, ctx: freebsd.Context, path: str) -> Plan:
         ) from None
 
 
-def _require_freebsd(cfg: FarmConfig) -> None:
-    if cfg.platform != "freebsd":
-        raise FarmError(
-            "jailfarm provision sets up a FreeBSD host (farm.platform = 'freebsd'); the Linux "
-            "development host comes up with `jailfarm up`"
-        )
+def _devhost(cfg: FarmConfig, config: str, runner: Runner, say: Say) -> Any:
+    from jailfarm.provision.devhost import DevHost  # the adapter; imports buildbot's world
+
+    return DevHost(cfg, config, runner, say)
+
+
+async def run_linuxdev(
+    cfg: FarmConfig, args: argparse.Namespace, runner: Runner | None = None, say: Say = print
+) -> int:
+    """`provision plan | apply` on the Linux development host."""
+    if runner is None:
+        from jailfarm.runner import LocalRunner
+
+        runner = LocalRunner()
+    host = _devhost(cfg, args.config, runner, say)
+    ctx: linuxdev.Context = host.context()
+    if args.provision_command == "plan" and getattr(args, "facts", None):
+        try:
+            plan = linuxdev.plan_linuxdev(cfg, ctx, Facts.from_json(Path(args.facts).read_text()))
+        except KeyError as e:
+            raise FarmError(f"{args.facts} does not answer every query ({e.args[0]})") from None
+        say(format_plan(plan).rstrip("\n"))
+        return _plan_status(plan)
+    facts = await gather(runner, linuxdev.queries(cfg, ctx))
+    if args.save_facts:
+        Path(args.save_facts).write_text(facts.to_json())
+    plan = linuxdev.plan_linuxdev(cfg, ctx, facts)
+    say(format_plan(plan).rstrip("\n"))
+    if args.provision_command == "plan" or plan.problems:
+        return _plan_status(plan)
+    if not plan.steps:
+        return 0
+    await host.apply()
+    again = linuxdev.plan_linuxdev(cfg, ctx, await gather(runner, linuxdev.queries(cfg, ctx)))
+    if again.steps or again.problems:
+        say("applied, but planning again still finds steps or problems:")
+        say(format_plan(again).rstrip("\n"))
+        return 1
+    say("applied; the host now matches farm.toml (a new plan is empty)")
+    return 0
 
 
 async def run(
     cfg: FarmConfig, args: argparse.Namespace, runner: Runner | None = None, say: Say = print
 ) -> int:
-    _require_freebsd(cfg)
+    if cfg.platform == "linux-dev":
+        return await run_linuxdev(cfg, args, runner, say)
     ctx = context(args.config)
     if args.provision_command == "plan" and getattr(args, "facts", None):
         plan = recorded_plan(cfg, ctx, args.facts)

@@ -689,11 +689,6 @@ class CommandTests:
             assert resolve(provcli.run(farm(data), _args(command), runner, lambda s: None)) == 2
             assert runner.ran == []
 
-    def test_the_linux_dev_host_is_not_provisioned_here(self) -> None:
-        cfg = parse_farm(tomllib.loads((ROOT / "examples" / "farm.toml").read_text()))
-        with pytest.raises(FarmError, match="jailfarm up"):
-            resolve(provcli.run(cfg, _args("plan"), ReplayRunner({}), lambda s: None))
-
     def test_save_facts_records_what_the_host_answered(
         self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ) -> None:
