@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what jailfarm needs on a Debian machine (run as root), idempotently:
 #   apt: zfs-fuse (ZFS on the dev host), nginx, bmake, git, util-linux (unshare/nsenter/
-#        setpriv for namespace jails), python3-venv
+#        setpriv for namespace jails), python3-venv; chromium and chromium-driver (with a
+#        font) for the browser tests in tests/browser/ (Selenium drives them headless)
 #   .venv: jailfarm with the pinned dependency set in constraints.txt
 # Then run `.venv/bin/jailfarm ...` or `.venv/bin/pytest`.
 set -euo pipefail
@@ -13,7 +14,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 packages="zfs-fuse nginx bmake gcc libc6-dev patch git util-linux python3 python3-venv
-    ca-certificates openssh-client openssh-server"
+    ca-certificates openssh-client openssh-server chromium chromium-driver fonts-dejavu-core"
 missing=""
 for p in $packages; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

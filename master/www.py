@@ -30,6 +30,7 @@ from twisted.logger import Logger
 
 from jailfarm.config import ROLES, verify_password
 from jailfarm.configschema import PBKDF2_ITERATIONS
+from jailfarm.master.dashboard import dashboard_plugin
 from jailfarm.master.wwwapi import API_SEGMENT, mount_api
 
 if TYPE_CHECKING:
@@ -211,6 +212,8 @@ def www_config(
             "waterfall_view": {},
             "console_view": {},
             "grid_view": {},
+            # The farm's dashboard (dashboard.py), "Farm" in the UI's menu.
+            "wsgi_dashboards": dashboard_plugin(cfg),
         },
         "authz": farm_authz(cfg, farm_toml),
     }

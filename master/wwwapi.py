@@ -404,10 +404,14 @@ class BulkRecord:
         return bulk_summary(self.latest_props, self.previous_props)
 
 
-async def bulk_builds(get: Callable[..., Awaitable[Any]]) -> list[BulkRecord]:
+async def bulk_builds(
+    get: Callable[..., Awaitable[Any]], ran_bulk: bool = False
+) -> list[BulkRecord]:
     """The latest finished build of each bulk builder (named bulk-...) and the finished build
-    before it, read through `get`: Buildbot's `master.data.get(path, filters=, order=,
-    limit=)`, or the dashboard's awaitable wrapper of the WSGI plugin's `dataGet`."""
+    before it, among its last 10 builds, read through `get`: Buildbot's `master.data.get(path,
+    filters=, order=, limit=)`, or the dashboard's awaitable wrapper of the WSGI plugin's
+    `dataGet`. With `ran_bulk`, only builds that ran poudriere count (they have a
+    `poudriere_buildname`): a push that changed no port ends its build before the bulk."""
     out = []
     for builder in await get(("builders",)):
         if not builder["name"].startswith("bulk-"):
@@ -418,12 +422,17 @@ async def bulk_builds(get: Callable[..., Awaitable[Any]]) -> list[BulkRecord]:
             order=["-number"],
             limit=10,
         )
-        done = [b for b in builds if b["complete"]][:2]
-        props = [await build_properties(get, b["buildid"]) for b in done]
+        done: list[tuple[Any, dict[str, Any]]] = []
+        for build in (b for b in builds if b["complete"]):
+            props = await build_properties(get, build["buildid"])
+            if not ran_bulk or "poudriere_buildname" in props:
+                done.append((build, props))
+            if len(done) == 2:
+                break
         if len(done) == 2:
-            out.append(BulkRecord(builder, done[0], props[0], done[1], props[1]))
+            out.append(BulkRecord(builder, *done[0], *done[1]))
         elif done:
-            out.append(BulkRecord(builder, done[0], props[0]))
+            out.append(BulkRecord(builder, *done[0]))
         else:
             out.append(BulkRecord(builder))
     return out

@@ -139,7 +139,12 @@ class ListenerTests:
         assert listening(c["www"]["port"]) == (8011, "::1")
 
     def test_www_serves_the_view_plugins(self) -> None:
-        assert set(config()["www"]["plugins"]) == {"waterfall_view", "console_view", "grid_view"}
+        assert set(config()["www"]["plugins"]) == {
+            "waterfall_view",
+            "console_view",
+            "grid_view",
+            "wsgi_dashboards",
+        }
 
     def test_urls_and_title_come_from_the_farm(self) -> None:
         c = config()
