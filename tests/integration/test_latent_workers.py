@@ -102,7 +102,7 @@ class LatentWorkerTests(_Helpers):
     @deferred_test
     async def test_two_builds_at_once_get_two_jails_and_leave_nothing(self) -> None:
         requests = [
-            await self.host.force("hold", "test", "force-hold", {"hold": "6"}) for _ in range(2)
+            await self.host.force("hold", "test", "force-hold", {"hold": "20"}) for _ in range(2)
         ]
 
         async def both_running() -> Any:
