@@ -7,9 +7,11 @@ import secrets
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+from twisted.internet import reactor, task
 from twisted.trial import unittest
 
 from jailfarm.config import load_farm
@@ -133,6 +135,17 @@ class FarmTestCase(unittest.TestCase):
 
     async def get(self, path: str) -> Any:
         return await self.host._get(path)
+
+    async def until(self, what: str, check: Any, timeout: float = 120) -> Any:
+        """Poll `check` until it returns something true, and return that; fail the test after
+        `timeout` seconds, with the end of the master's log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = await check()
+            if value:
+                return value
+            await task.deferLater(reactor, 0.3, lambda: None)
+        self.fail(f"timed out after {timeout}s waiting for {what}\n{self.master_log()[-4000:]}")
 
     def master_log(self) -> str:
         log = Path(self.cfg.state_dir) / "master" / "twistd.log"

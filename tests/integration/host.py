@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from jailfarm.host import zfsfuse
 from jailfarm.host.linux import LinuxJails
 from jailfarm.host.thinroot import populate
 from jailfarm.host.zfs import Zfs
+from jailfarm.provision.nginx import NginxSite
 from jailfarm.runner import LocalRunner
 from tests.support import deferred_test
 
@@ -74,3 +76,29 @@ class PoolTestCase(unittest.TestCase):
         target = f"{self.root}/{name}"
         await self.zfs.clone(f"{self.root}/tpl@1", target, {"jailfarm:owner": "test", **props})
         return f"{self.mountpoint}/farm/{name}"
+
+
+def nginx_site(work: Path, publish_root: Path, logs_root: Path, port: int) -> NginxSite:
+    """An nginx site for tests: everything under `work` (0755: nginx's workers run as
+    www-data), Debian's nginx on 127.0.0.1:`port`, the index page instead of poudriere's."""
+    prefix = work / "nginx"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        buildbot_port = int(s.getsockname()[1])
+    return NginxSite(
+        listen_address="127.0.0.1",
+        port=port,
+        publish_root=str(publish_root),
+        logs_root=str(logs_root),
+        html_root=f"{prefix}/html",
+        static_index=True,
+        buildbot_port=buildbot_port,
+        prefix=str(prefix),
+        pid_file=f"{prefix}/nginx.pid",
+        temp_dir=f"{prefix}/tmp",
+        error_log=f"{prefix}/logs/error.log",
+        access_log=f"{prefix}/logs/access.log",
+        mime_types="/etc/nginx/mime.types",
+        user="www-data",
+        worker_processes=2,
+    )

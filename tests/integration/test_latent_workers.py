@@ -44,15 +44,6 @@ class _Helpers(FarmTestCase):
     async def jails(self) -> dict[str, Any]:
         return {j.name: j for j in await self.host.platform.jails.list()}
 
-    async def until(self, what: str, check: Any, timeout: float = 60) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = await check()
-            if value:
-                return value
-            await sleep(0.25)
-        self.fail(f"timed out after {timeout}s waiting for {what}\n{self.master_log()[-3000:]}")
-
     async def first_build(self, request: int) -> dict[str, Any]:
         async def done() -> Any:
             builds = (await self.get(f"buildrequests/{request}/builds"))["builds"]

@@ -34,6 +34,7 @@ from jailfarm.errors import FarmError
 from jailfarm.host.zfsfuse import pid_alive
 from jailfarm.provision.nginx import NginxProcess, NginxSite
 from jailfarm.runner import LocalRunner
+from tests.integration.host import nginx_site
 from tests.support import deferred_test
 
 BUILDBOT = str(Path(sys.executable).with_name("buildbot"))
@@ -108,24 +109,7 @@ class NginxTestCase(unittest.TestCase):
         self.pool.mkdir(parents=True)
         self.logs = self.work / "logs" / "bulk"
         self.logs.mkdir(parents=True)
-        prefix = self.work / "nginx"
-        self.base = NginxSite(
-            listen_address="127.0.0.1",
-            port=free_port(),
-            publish_root=str(self.work / "repo"),
-            logs_root=str(self.logs),
-            html_root=f"{prefix}/html",
-            static_index=True,
-            buildbot_port=free_port(),
-            prefix=str(prefix),
-            pid_file=f"{prefix}/nginx.pid",
-            temp_dir=f"{prefix}/tmp",
-            error_log=f"{prefix}/logs/error.log",
-            access_log=f"{prefix}/logs/access.log",
-            mime_types="/etc/nginx/mime.types",
-            user="www-data",
-            worker_processes=2,
-        )
+        self.base = nginx_site(self.work, self.work / "repo", self.logs, free_port())
 
     # ------------------------------------------------------------ repository layout
 

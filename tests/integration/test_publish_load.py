@@ -35,6 +35,7 @@ from jailfarm.poudriere.pkgfile import PackageMeta, sum_matches, write_package
 from jailfarm.poudriere.pkgsign import CommandSigner, KeyFileSigner, public_key_pem, verify_rsa
 from jailfarm.provision.nginx import NginxProcess, NginxSite
 from jailfarm.runner import LocalRunner
+from tests.integration.host import nginx_site
 from tests.support import deferred_test
 
 if TYPE_CHECKING:
@@ -255,24 +256,7 @@ class PublishLoadTestCase(unittest.TestCase):
     async def serve(self) -> NginxSite:
         """nginx serving self.root at /packages/; stopped by its PID, checked gone, at
         cleanup."""
-        prefix = self.work / "nginx"
-        site = NginxSite(
-            listen_address="127.0.0.1",
-            port=free_port(),
-            publish_root=str(self.root),
-            logs_root=str(self.work / "logs"),
-            html_root=f"{prefix}/html",
-            static_index=True,
-            buildbot_port=free_port(),
-            prefix=str(prefix),
-            pid_file=f"{prefix}/nginx.pid",
-            temp_dir=f"{prefix}/tmp",
-            error_log=f"{prefix}/logs/error.log",
-            access_log=f"{prefix}/logs/access.log",
-            mime_types="/etc/nginx/mime.types",
-            user="www-data",
-            worker_processes=2,
-        )
+        site = nginx_site(self.work, self.root, self.work / "logs", free_port())
         (self.work / "logs").mkdir()
         proc = NginxProcess(LocalRunner(), site)
         pid = await proc.start()

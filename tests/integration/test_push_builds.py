@@ -557,13 +557,7 @@ nightly = ""
             shutil.rmtree(self.top, ignore_errors=True)
 
     async def until(self, what: str, check: Any, timeout: float = 180) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = await check()
-            if value:
-                return value
-            await sleep(0.5)
-        self.fail(f"timed out after {timeout}s waiting for {what}\n{self.master_log()[-4000:]}")
+        return await FarmTestCase.until(self, what, check, timeout)
 
     async def hook(self, kind: str, payload: dict[str, Any], query: str = "") -> None:
         body = json.dumps(payload).encode()

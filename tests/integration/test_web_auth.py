@@ -10,7 +10,6 @@ import ast
 import json
 import re
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
@@ -98,15 +97,6 @@ class _Web(FarmTestCase):
         code, content = await self.call("GET", path, cookie)
         self.assertEqual(code, 200, f"GET {path}: {content[:300]!r}")
         return json.loads(content)
-
-    async def until(self, what: str, check: Any, timeout: float = 120) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = await check()
-            if value:
-                return value
-            await sleep(0.3)
-        self.fail(f"timed out after {timeout}s waiting for {what}\n{self.master_log()[-3000:]}")
 
     async def force_hold(self, cookie: str, seconds: int) -> int:
         code, answer = await self.rpc(
