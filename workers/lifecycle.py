@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from twisted.internet import task
 from twisted.logger import Logger
 
 from jailfarm.errors import CommandFailed, FarmError
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from jailfarm.host.platform import HostPlatform
 
 log = Logger()
+PACKAGES_WAIT = 40  # polls, 0.25 s apart
 
 
 async def start_worker_jail(
@@ -76,11 +78,16 @@ async def packages_dataset(platform: HostPlatform, cfg: FarmConfig) -> str:
         try:
             await zfs.create(dataset)
         except CommandFailed:
-            pass  # another worker made it meanwhile: checked below
+            pass  # another worker is making it right now: wait for it below
         info = await zfs.info(dataset, ())
-    if info is None or not info.mounted or not info.mountpoint:
-        raise FarmError(f"{dataset} is missing or not mounted; mount it with `zfs mount -a`")
-    return info.mountpoint
+    # Two workers starting together: the other one's dataset can exist a moment before it
+    # is mounted, and its create fails here with "dataset already exists".
+    for _ in range(PACKAGES_WAIT):
+        if info is not None and info.mounted and info.mountpoint:
+            return info.mountpoint
+        await task.deferLater(zfs.clock, 0.25, lambda: None)
+        info = await zfs.info(dataset, ())
+    raise FarmError(f"{dataset} is missing or not mounted; mount it with `zfs mount -a`")
 
 
 async def teardown_worker_jail(

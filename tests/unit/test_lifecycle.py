@@ -42,7 +42,11 @@ from jailfarm.config import FarmConfig, parse_farm
 from jailfarm.errors import FarmError, ZfsError
 from jailfarm.host.platform import HostPlatform, make_platform
 from jailfarm.runner import FakeRunner
-from jailfarm.workers.lifecycle import start_worker_jail, teardown_worker_jail
+from jailfarm.workers.lifecycle import (
+    packages_dataset,
+    start_worker_jail,
+    teardown_worker_jail,
+)
 from jailfarm.workers.template import TemplateError
 
 if TYPE_CHECKING:
@@ -329,6 +333,33 @@ class LifecycleCase(SynchronousTestCase):
 
 
 # ---- start ------------------------------------------------------------------------------------
+
+
+class PackagesDatasetTests(LifecycleCase):
+    def test_a_dataset_another_worker_is_making_is_waited_for(self) -> None:
+        """Two workers start together: this one's create fails (the other made it), and the
+        dataset is mounted a moment later; the start goes on with it."""
+        unmounted = PACKAGES_ROWS.replace("mounted\tyes", "mounted\tno")
+        runner = scripted(
+            [
+                step(
+                    *PACKAGES_GET, rc=1, stderr=f"cannot open '{PACKAGES}': dataset does not exist"
+                ),
+                step(
+                    "zfs",
+                    "create",
+                    PACKAGES,
+                    rc=1,
+                    stderr=f"cannot create '{PACKAGES}': dataset already exists",
+                ),
+                step(*PACKAGES_GET, stdout=unmounted),
+                step(*PACKAGES_GET, stdout=PACKAGES_ROWS),
+            ]
+        )
+        d = defer.ensureDeferred(packages_dataset(self.platform(runner), CFG))
+        self.clock.advance(0.25)
+        self.assertEqual(self.successResultOf(d), "/jf/packages")
+        runner.assert_all_commands_ran()
 
 
 class StartWorkerJailTests(LifecycleCase):
