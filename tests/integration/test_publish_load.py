@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
@@ -36,7 +34,7 @@ from jailfarm.poudriere.pkgsign import CommandSigner, KeyFileSigner, public_key_
 from jailfarm.provision.nginx import NginxProcess, NginxSite
 from jailfarm.runner import LocalRunner
 from tests.integration.host import nginx_site
-from tests.support import deferred_test
+from tests.support import deferred_test, rsa_key_pem
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -66,15 +64,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def rsa_key() -> bytes:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
 
 
 def package(src: Path, stage: Path, name: str, version: str, payload: bytes) -> Listing:
@@ -249,7 +238,7 @@ class PublishLoadTestCase(unittest.TestCase):
         self.base = self.root / REPO
         key = self.work / "keys" / "repo.key"
         key.parent.mkdir(mode=0o700)
-        key.write_bytes(rsa_key())
+        key.write_bytes(rsa_key_pem())
         self.signer = KeyFileSigner(key)
         self.pubkey = public_key_pem(key.read_bytes())
 

@@ -19,7 +19,7 @@ from twisted.internet import defer
 from jailfarm.cmd import Cmd, Result
 from jailfarm.config import FarmConfig, parse_farm
 from jailfarm.errors import CommandFailed, InvalidName
-from jailfarm.poudriere.pkgfile import PackageMeta, write_package
+from jailfarm.poudriere.pkgfile import write_package
 from jailfarm.poudriere.pkgrepo import check_repository, write_repository
 from jailfarm.poudriere.pkgsign import (
     CommandSigner,
@@ -38,7 +38,7 @@ from jailfarm.provision.consumer import (
     run,
 )
 from jailfarm.runner import FakeRunner
-from tests.support import resolve
+from tests.support import HELLO, resolve, rsa_key_pem
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -48,16 +48,6 @@ if TYPE_CHECKING:
 
 REPO = "141amd64-default-default"
 NAME = "jailfarm_141amd64_default_default"
-HELLO = PackageMeta(
-    name="hello",
-    origin="misc/hello",
-    version="1.0",
-    comment="Tiny test package",
-    desc="A tiny package used to test repository tooling.",
-    maintainer="test@example.org",
-    www="https://example.org/hello",
-    abi="FreeBSD:14:amd64",
-)
 # pkg-repository.md, "Using a real pkg client": the consumer config it was checked with.
 SPEC_PUBKEY_CONF = (
     'jailfarm: { url: "http://pkg.example/packages/<abi>/latest", signature_type: "pubkey", '
@@ -65,22 +55,14 @@ SPEC_PUBKEY_CONF = (
 )
 
 
-def _private(key: rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-
-
 @pytest.fixture(scope="module")
 def key() -> bytes:
-    return _private(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    return rsa_key_pem()
 
 
 @pytest.fixture(scope="module")
 def other_key() -> bytes:
-    return _private(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    return rsa_key_pem()
 
 
 def farm(key_file: Path | None = None, command: bool = False, **extra: Any) -> FarmConfig:

@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from jailfarm.errors import InvalidName
 from jailfarm.poudriere.genbuild import pkg_repo_cmd
@@ -43,7 +41,7 @@ from jailfarm.poudriere.pkgsign import (
 from jailfarm.poudriere.pkgversion import version_cmp
 from jailfarm.poudriere.repocheck import check_repository, verify_repository
 from jailfarm.runner import FakeRunner
-from tests.support import resolve
+from tests.support import resolve, rsa_key_pem
 from tests.unit.test_pkgrepo import FakeSigningCommand, rewrite_cache
 
 if TYPE_CHECKING:
@@ -57,12 +55,7 @@ MTIME = 1_700_000_000
 
 @pytest.fixture(scope="module")
 def key() -> bytes:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
+    return rsa_key_pem()
 
 
 @pytest.fixture
@@ -358,13 +351,7 @@ class PkgRepoCatalogueTests:
         served = tmp_path / "repo" / "main"
         before = snapshot(served)
         other = tmp_path / "other.key"
-        other.write_bytes(
-            rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.TraditionalOpenSSL,
-                serialization.NoEncryption(),
-            )
-        )
+        other.write_bytes(rsa_key_pem())
 
         async def wrong_key(directory: Path) -> None:
             await write_repository(directory, signer=KeyFileSigner(other))

@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 from jailfarm.errors import InvalidName, UnsafeOperation
 from jailfarm.poudriere.pkgfile import (
     BadPackage,
-    PackageMeta,
     PayloadFile,
     compact_manifest,
     file_sum,
@@ -36,21 +35,12 @@ from jailfarm.poudriere.pkgfile import (
     unpack,
     write_package,
 )
+from tests.support import HELLO
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "pkgfile"
 VECTORS = json.loads((FIXTURES / "pkg_checksum_vectors.json").read_text())
 HELLO_TEXT = b"Hello from jailfarm!\n"
 MTIME = 1_700_000_000
-HELLO = PackageMeta(
-    name="hello",
-    origin="misc/hello",
-    version="1.0",
-    comment="Tiny test package",
-    desc="A tiny package used to test repository tooling.",
-    maintainer="test@example.org",
-    www="https://example.org/hello",
-    abi="FreeBSD:14:amd64",
-)
 
 
 def stage(root: Path, files: dict[str, bytes], mode: int = 0o644) -> Path:

@@ -59,40 +59,21 @@ from jailfarm.poudriere.pkgsign import (
     verify_rsa,
 )
 from jailfarm.runner import FakeRunner
-from tests.support import resolve
+from tests.support import HELLO, resolve, rsa_key_pem
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "pkgrepo"
-HELLO = PackageMeta(
-    name="hello",
-    origin="misc/hello",
-    version="1.0",
-    comment="Tiny test package",
-    desc="A tiny package used to test repository tooling.",
-    maintainer="test@example.org",
-    www="https://example.org/hello",
-    abi="FreeBSD:14:amd64",
-)
 MTIME = 1_700_000_000
 WORLD = PackageMeta(**{**HELLO.__dict__, "name": "world", "origin": "misc/world"})
 
 
-def _key() -> bytes:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-
-
 @pytest.fixture(scope="module")
 def key() -> bytes:
-    return _key()
+    return rsa_key_pem()
 
 
 @pytest.fixture(scope="module")
 def other_key() -> bytes:
-    return _key()
+    return rsa_key_pem()
 
 
 def make_pkg(repo: Path, meta: PackageMeta, text: bytes, sub: str = "All") -> Path:

@@ -23,8 +23,6 @@ from buildbot.www.config import (
     get_www_frontend_config_dict,
     serialize_www_frontend_config_dict_to_json,
 )
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.cred.checkers import FilePasswordDB, InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
@@ -55,7 +53,7 @@ from jailfarm.master.wwwapi import (
 from jailfarm.poudriere.generations import publish, rollback
 from jailfarm.poudriere.pkgsign import KeyFileSigner
 from jailfarm.runner import FakeRunner
-from tests.support import deferred_test, resolve
+from tests.support import deferred_test, resolve, rsa_key_pem
 from tests.unit.test_config import farm
 from tests.unit.test_generations import add
 
@@ -410,12 +408,7 @@ class BulkSummaryTests:
 
 @functools.cache
 def pem() -> bytes:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return private.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
+    return rsa_key_pem()
 
 
 class ApiResourceTests(TestReactorMixin, WwwTestMixin, unittest.TestCase):
