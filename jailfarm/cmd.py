@@ -6,6 +6,8 @@ and handed to a `Runner` (see runner.py). Secrets inside an argv or env print as
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -140,3 +142,9 @@ def env_words(env: Mapping[str, str], prefix: str = "") -> list[str]:
 
 def _reveal(value: str) -> str:
     return value.reveal() if isinstance(value, Secret) else value
+
+
+def program(name: str) -> str:
+    """A console script installed next to this Python (jailfarm's venv): `jailfarm`,
+    `buildbot`, `buildbot-worker`."""
+    return os.path.join(os.path.dirname(sys.executable), name)

@@ -9,9 +9,7 @@ The helpers above the steps are pure.
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import quote
@@ -23,7 +21,7 @@ from buildbot.process.properties import Interpolate
 from buildbot.steps.master import MasterShellCommand
 from twisted.logger import Logger
 
-from jailfarm.cmd import Cmd
+from jailfarm.cmd import Cmd, program
 from jailfarm.errors import ParseError
 from jailfarm.poudriere.commands import (
     DEFAULT_TREE,
@@ -489,11 +487,6 @@ def _strings(value: Any) -> tuple[str, ...]:
 # --- publishing ---------------------------------------------------------------------------
 
 
-def jailfarm_program() -> str:
-    """The `jailfarm` console script next to the master's Python."""
-    return os.path.join(os.path.dirname(sys.executable), "jailfarm")
-
-
 def bulk_passed(step: buildstep.BuildStep) -> bool:
     """Publish only what a passing bulk made: a bulk that failed by policy (or a failed
     upload) never replaces the served repository (ARCHITECTURE "Repository generations")."""
@@ -509,7 +502,7 @@ class PublishRepository(MasterShellCommand):  # type: ignore[misc]  # buildbot i
 
     def __init__(self, *, farm_toml: str, repo: Any, source: Any, **kwargs: Any) -> None:
         command = [
-            jailfarm_program(),
+            program("jailfarm"),
             "repo",
             "publish",
             "-c",

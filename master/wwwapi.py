@@ -40,9 +40,8 @@ from twisted.logger import Logger
 from twisted.web import resource as twresource
 from twisted.web.error import Error
 
-from jailfarm.cmd import Cmd
+from jailfarm.cmd import Cmd, program
 from jailfarm.errors import InvalidName
-from jailfarm.master.steps import jailfarm_program
 from jailfarm.poudriere.generations import (
     REPO,
     GenerationError,
@@ -348,7 +347,7 @@ class FarmApiResource(Resource):  # type: ignore[misc]  # buildbot is untyped
     async def _rollback(self, request: Any, repo: str, to: object) -> dict[str, Any]:
         number = generation_number(to, "to")
         await _in_thread(read_repo, self.root, repo)  # an unknown repository is a 404
-        argv = [jailfarm_program(), "repo", "rollback", "-c", self.farm_toml, repo]
+        argv = [program("jailfarm"), "repo", "rollback", "-c", self.farm_toml, repo]
         if number is not None:
             argv.append(f"g{number}")
         result = await self.runner.run(Cmd(tuple(argv), timeout=ROLLBACK_TIMEOUT))

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import treq
 from twisted.internet import task
 
-from jailfarm.cmd import Cmd
+from jailfarm.cmd import Cmd, program
 from jailfarm.errors import FarmError
 from jailfarm.host import zfsfuse
 from jailfarm.host.platform import host_platforms, make_platform
@@ -102,10 +102,6 @@ def _remove_if_empty(directory: Path) -> None:
         directory.rmdir()
     except OSError:  # not empty (someone else's files) or already gone: leave it
         pass
-
-
-def _bin(name: str) -> str:
-    return os.path.join(os.path.dirname(sys.executable), name)
 
 
 class DevHost:
@@ -314,7 +310,7 @@ class DevHost:
         the pkg client would (signature, sizes, checksums)."""
         cfg, repo = self.cfg, target.mastername
         url = f"{self._nginx().site.url}packages/{repo}/"
-        argv = [_bin("jailfarm"), "repo", "verify", url]
+        argv = [program("jailfarm"), "repo", "verify", url]
         if cfg.signing.key_file:
             argv += ["--pubkey", public_key_file(cfg.signing.key_file)]
         else:
@@ -365,7 +361,7 @@ class DevHost:
     async def _stop_master(self, pid: int) -> None:
         """`buildbot stop`, which waits only 10 s; a master still tearing down worker jails may
         need longer, so wait for the PID, and only then kill that PID (the one `up` started)."""
-        await self.runner.run(Cmd((_bin("buildbot"), "stop", str(self.master_dir)), timeout=120))
+        await self.runner.run(Cmd((program("buildbot"), "stop", str(self.master_dir)), timeout=120))
         for _ in range(600):
             if not zfsfuse.pid_alive(pid):
                 self.say(f"stopped the master (pid {pid})")

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from jailfarm.cmd import Cmd, Secret
+from jailfarm.cmd import Cmd, Secret, program
 from jailfarm.host.base import WORKER_UID, JailSpec, Mount
 from jailfarm.poudriere.conf import WORKER_ETC, worker_data
 from jailfarm.workers import layout
@@ -171,7 +171,7 @@ def _worker_bin(platform: str) -> str:
     if platform == "freebsd":
         return "/usr/local/bin/buildbot-worker"  # py311-buildbot-worker
     # linux-dev: the project's venv is bind-mounted read-only at the same path in every jail.
-    return os.path.join(os.path.dirname(sys.executable), "buildbot-worker")
+    return program("buildbot-worker")
 
 
 def start_worker_argv(platform: str) -> list[str]:

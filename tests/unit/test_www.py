@@ -30,8 +30,8 @@ from twisted.trial import unittest
 from twisted.web.resource import Resource
 
 from jailfarm import configschema as cs
+from jailfarm.cmd import program
 from jailfarm.config import ConfigError, WebUser, hash_password, load_farm, parse_farm
-from jailfarm.master.steps import jailfarm_program
 from jailfarm.master.www import (
     _NO_SUCH_USER,
     FarmAuth,
@@ -463,7 +463,7 @@ class ApiResourceTests(TestReactorMixin, WwwTestMixin, unittest.TestCase):
         return int(self.request.responseCode), json.loads(written)
 
     def rollback_to(self, number: int) -> None:
-        argv = [jailfarm_program(), "repo", "rollback", "-c", FARM_TOML, "main", f"g{number}"]
+        argv = [program("jailfarm"), "repo", "rollback", "-c", FARM_TOML, "main", f"g{number}"]
         # What the process does: the real rollback, under the repository lock.
         self.runner.expect(*argv, check=lambda cmd: rollback(self.root, "main", number) and None)
 
@@ -527,7 +527,7 @@ class ApiResourceTests(TestReactorMixin, WwwTestMixin, unittest.TestCase):
 
     @deferred_test
     async def test_a_failed_rollback_says_why(self) -> None:
-        argv = [jailfarm_program(), "repo", "rollback", "-c", FARM_TOML, "main"]
+        argv = [program("jailfarm"), "repo", "rollback", "-c", FARM_TOML, "main"]
         why = "nothing to roll back to: g1 is the oldest kept generation of main"
         self.runner.expect(*argv, rc=1, stderr=f"jailfarm repo rollback: {why}\n")
         code, answer = await self.call("/repos/main/rollback", user("ada"), b"POST", {"to": None})
