@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from jailfarm.errors import FarmError
+from jailfarm.host.linux import python_dirs
 from jailfarm.poudriere import devbuild_graph as graph
 from jailfarm.poudriere import devbuild_layout as layout
 from jailfarm.poudriere import devbuild_sandbox as sandbox
@@ -215,7 +216,7 @@ class Bulk:
         self.pkgdir = Path(packages_dir(str(data), target))
         self.mnt = data / ".m" / m
         self.ref = self.mnt / "ref"  # the reference build root (devbuild_sandbox)
-        self.binds = sandbox.default_binds()
+        self.binds = python_dirs()  # the Python the build root runs
         self.makes = _Makes()
         self.t0 = time.monotonic()
         queued = len(plan.tobuild) + len(plan.ignored) + len(plan.skipped)

@@ -33,7 +33,6 @@ from typing import IO, TYPE_CHECKING
 
 from jailfarm.errors import FarmError
 from jailfarm.host import nsinit
-from jailfarm.host.linux import python_dirs
 from jailfarm.poudriere import devbuild_layout as layout
 from jailfarm.poudriere.pkgfile import PackageMeta, write_package
 
@@ -131,10 +130,6 @@ def argv(job_file: Path) -> list[str]:
 
 def write_job(job: Job, path: Path) -> None:
     path.write_bytes(pickle.dumps(job))
-
-
-def default_binds() -> tuple[str, ...]:
-    return python_dirs()
 
 
 # ---------------------------------------------------------------- inside (PID 1)
