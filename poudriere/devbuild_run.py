@@ -147,6 +147,8 @@ class _Makes:
         write end and each line it writes there goes to `on_line` as it comes."""
         with self._lock:
             if self.stopping:
+                for fd in pipe or ():
+                    os.close(fd)  # never handed to a child: the caller's pipe goes here
                 return 1
             proc = subprocess.Popen(
                 argv,
